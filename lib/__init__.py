@@ -1,0 +1,1 @@
+"""CrowdSky's shared library: everything the three roles (ingest app, stacker, janitor) have in common."""

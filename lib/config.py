@@ -1,0 +1,111 @@
+"""Settings, read once from the environment (prefix ``CROWDSKY_``).
+
+Every setting has an embedded default so that a first run on a bare machine needs none:
+SQLite for rows and local folders for the buffer and the archive, all under ``CROWDSKY_DATA_DIR``.
+Secrets are only ever read from the environment (or, for the embedded default of the cookie key,
+from a file the app generates in the data folder; that folder is never in git).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get("CROWDSKY_" + name)
+    return value if value not in (None, "") else default
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"CROWDSKY_{name} must be a whole number, got {raw!r}") from None
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"CROWDSKY_{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Access key + secret for S3, or user + password for WebDAV (token as password for shares)."""
+    user: str | None
+    secret: str | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    buffer_url: str
+    archive_url: str
+    buffer_credentials: Credentials
+    archive_credentials: Credentials
+    secret_key: str = field(repr=False)
+    lease_seconds: int = 300
+    max_attempts: int = 3
+    retry_backoff_seconds: float = 30.0
+    session_expire_hours: float = 24.0
+    raw_retention_days: int = 14
+    stack_every_minutes: int = 0
+    max_frame_bytes: int = 64 * 1024 * 1024
+    quota_bytes: int = 20 * 1024 ** 3
+    poll_seconds: float = 5.0
+    api_url: str | None = None
+    worker_token: str | None = field(default=None, repr=False)
+    secure_cookies: bool = False
+
+
+def _secret_key(data_dir: Path) -> str:
+    """CROWDSKY_SECRET_KEY, or a random key generated once and kept in the data folder."""
+    key = _env("SECRET_KEY")
+    if key:
+        return key
+    path = data_dir / "secret_key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def _credentials(role: str) -> Credentials:
+    return Credentials(user=_env(role + "_USER"), secret=_env(role + "_PASSWORD"))
+
+
+def load() -> Settings:
+    data_dir = Path(_env("DATA_DIR", "var")).resolve()
+    return Settings(
+        data_dir=data_dir,
+        database_url=_env("DATABASE_URL", f"sqlite:///{data_dir / 'crowdsky.db'}"),
+        buffer_url=_env("BUFFER_URL", (data_dir / "buffer").as_uri()),
+        archive_url=_env("ARCHIVE_URL", (data_dir / "archive").as_uri()),
+        buffer_credentials=_credentials("BUFFER"),
+        archive_credentials=_credentials("ARCHIVE"),
+        secret_key=_secret_key(data_dir),
+        lease_seconds=_int("LEASE_SECONDS", 300),
+        max_attempts=_int("MAX_ATTEMPTS", 3),
+        retry_backoff_seconds=_float("RETRY_BACKOFF_SECONDS", 30.0),
+        session_expire_hours=_float("SESSION_EXPIRE_HOURS", 24.0),
+        raw_retention_days=_int("RAW_RETENTION_DAYS", 14),
+        stack_every_minutes=_int("STACK_EVERY_MINUTES", 0),
+        max_frame_bytes=_int("MAX_FRAME_BYTES", 64 * 1024 * 1024),
+        quota_bytes=_int("QUOTA_BYTES", 20 * 1024 ** 3),
+        poll_seconds=_float("POLL_SECONDS", 5.0),
+        api_url=_env("API_URL"),
+        worker_token=_env("WORKER_TOKEN"),
+        secure_cookies=_env("SECURE_COOKIES", "0") == "1",
+    )

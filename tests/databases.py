@@ -1,0 +1,1 @@
+"""pytest fixtures that hand out fresh databases on SQLite, PostgreSQL and MariaDB."""
