@@ -89,6 +89,7 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("created_at", DOUBLE),
         ("started_at", DOUBLE),
         ("finished_at", DOUBLE),
+        ("fair_rank", _T.bigint),         # place in line; claims take the lowest (lib/queue.py)
     ],
     "stacks": [
         ("job_id", _T.integer),
@@ -130,8 +131,9 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
     "api_tokens": [("token_hash",)],
     "upload_sessions": [("owner_id", "status")],
     "chunks": [("session_id",), ("owner_id",)],
-    "frames": [("session_id",), ("chunk_id",), ("owner_id", "sha256")],
-    "jobs": [("status", "run_after"), ("chunk_id",)],
+    "frames": [("session_id",), ("chunk_id",)],
+    # claim: lowest rank among pending; enqueue: an owner's last place in line
+    "jobs": [("status", "fair_rank", "id"), ("owner_id", "status", "fair_rank"), ("chunk_id",)],
     "stacks": [("object",), ("owner_id",), ("job_id",)],
     "stack_frames": [("stack_id",)],
 }
@@ -139,6 +141,7 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
 UNIQUE: dict[str, list[tuple[str, ...]]] = {
     "users": [("username",)],
     "api_tokens": [("token_hash",)],
+    "frames": [("owner_id", "sha256")],  # an owner's identical bytes are one frame
     "stacks": [("job_id",)],          # a job produces at most one stack, whoever completes it
 }
 

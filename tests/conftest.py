@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.servers", "tests.databases"]
+pytest_plugins = ["tests.servers", "tests.databases", "tests.apps"]

@@ -1,0 +1,36 @@
+# CrowdSky: `make run` installs and starts the site on the embedded defaults;
+# `make test` installs the test needs, starts the database servers and runs the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+
+.PHONY: install install-test run test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install --quiet -r requirements.txt
+
+install-test: $(PY)
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	bash infra/test-tools.sh
+
+# The ingest app, one stacker and the janitor, stopped together with Ctrl-C.
+run: install
+	@echo "CrowdSky on http://$(HOST):$(PORT)  (data in $${CROWDSKY_DATA_DIR:-var}/; Ctrl-C stops)"
+	@trap 'kill 0' INT TERM EXIT; \
+	$(PY) ingest_app.py --host $(HOST) --port $(PORT) & \
+	$(PY) stacker.py --loop & \
+	$(PY) janitor.py & \
+	wait
+
+test: install-test
+	bash infra/test-databases.sh
+	$(PY) -m pytest
+
+clean:
+	rm -rf var .pytest_cache test-artifacts

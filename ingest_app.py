@@ -1,0 +1,411 @@
+"""CrowdSky's ingest app: accounts, uploads into the buffer, finalize, status, gallery, downloads.
+
+Routes are thin: parse the request, call ``lib``, render a page or JSON. Run it with
+``python ingest_app.py [--host H] [--port P]``; settings come from ``CROWDSKY_*`` variables.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import bottle
+from cheroot import wsgi
+
+from lib import accounts, config, jobs, stacks, uploads
+from lib.db import connect
+from lib.fitsheader import FrameError
+from lib.storage import NotFound, StorageError, StorageUnavailable, open_storage
+from lib.web import (HTTPProblem, byte_range, check_csrf, csrf_token, current_user, end_browser_session, field,
+                     json_body, json_response, start_browser_session, SECURITY_HEADERS)
+
+ROOT = Path(__file__).resolve().parent
+bottle.TEMPLATE_PATH[:] = [str(ROOT / "templates")]
+log = logging.getLogger("crowdsky.ingest")
+
+app = bottle.Bottle()
+
+
+class Services:
+    """What every request needs, built once at start-up."""
+
+    def __init__(self, settings: config.Settings):
+        self.settings = settings
+        self.db = connect(settings.database_url)
+        self.buffer = open_storage(settings.buffer_url, settings.buffer_credentials, role="buffer")
+        self.archive = open_storage(settings.archive_url, settings.archive_credentials, role="archive")
+        self.buffer.ensure_ready()
+        self.archive.ensure_ready()
+
+
+svc: Services = None  # set by configure()
+
+
+def configure(settings: config.Settings) -> bottle.Bottle:
+    global svc
+    svc = Services(settings)
+    return app
+
+
+# --- plumbing: errors, headers, who is asking ------------------------------------------------
+
+def is_api() -> bool:
+    return bottle.request.path.startswith("/api/")
+
+
+@app.hook("after_request")
+def security_headers():
+    for name, value in SECURITY_HEADERS.items():
+        bottle.response.set_header(name, value)
+
+
+def problem(status: int, message: str):
+    if is_api():
+        return json_response({"error": message}, status)
+    bottle.response.status = status
+    return page("error.tpl", title="Something went wrong", status=status, message=message)
+
+
+def guarded(handler):
+    """Turn the library's refusals into clean 4xx/5xx answers that name the fault."""
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except HTTPProblem as exc:
+            return problem(exc.status, str(exc))
+        except (uploads.UploadError, jobs.JobError) as exc:
+            return problem(exc.status, str(exc))
+        except accounts.AccountError as exc:
+            return problem(400, str(exc))
+        except FrameError as exc:
+            return problem(400, str(exc))
+        except NotFound as exc:
+            return problem(404, f"not found: {exc}")
+        except StorageUnavailable as exc:
+            log.error("storage unavailable: %s", exc)
+            return problem(503, "storage is unavailable right now; nothing was lost, try again shortly")
+        except StorageError as exc:
+            log.error("storage error: %s", exc)
+            return problem(502, f"storage error: {exc}")
+    wrapper.__name__ = handler.__name__
+    return wrapper
+
+
+app.install(lambda callback: guarded(callback))
+
+
+def user_or_none() -> dict | None:
+    return current_user(svc.db)
+
+
+def require_user() -> dict:
+    user = current_user(svc.db)
+    if user is None:
+        if is_api():
+            raise HTTPProblem(401, "log in first: send 'Authorization: Bearer <token>' (POST /api/v1/token)")
+        bottle.redirect("/login?next=" + bottle.request.path)
+    return user
+
+
+def page(template: str, **values) -> str:
+    user = values.pop("user", None)
+    if user is None and "user" not in values:
+        user = accounts.user_for_token(svc.db, bottle.request.get_cookie("crowdsky_session"), accounts.WEB)
+    return bottle.template(template, user=user, csrf=csrf_token(svc.settings.secure_cookies), **values)
+
+
+# --- pages ---------------------------------------------------------------------------------
+
+@app.get("/")
+def index():
+    recent = stacks.list_stacks(svc.db, None, limit=8)
+    return page("index.tpl", title="CrowdSky", recent=recent)
+
+
+@app.get("/register")
+def register_form():
+    return page("register.tpl", title="Create an account", error=None, username="")
+
+
+@app.post("/register")
+def register_submit():
+    form = bottle.request.forms
+    check_csrf()
+    try:
+        user_id = accounts.register(svc.db, form.getunicode("username", ""), form.getunicode("password", ""))
+    except accounts.AccountError as exc:
+        bottle.response.status = 400
+        return page("register.tpl", title="Create an account", error=str(exc),
+                    username=form.getunicode("username", ""))
+    start_browser_session(svc.db, user_id, svc.settings.secure_cookies)
+    bottle.redirect("/upload")
+
+
+@app.get("/login")
+def login_form():
+    return page("login.tpl", title="Log in", error=None, next=_next_path())
+
+
+@app.post("/login")
+def login_submit():
+    check_csrf()
+    form = bottle.request.forms
+    user = accounts.authenticate(svc.db, form.getunicode("username", ""), form.getunicode("password", ""))
+    if user is None:
+        bottle.response.status = 401
+        return page("login.tpl", title="Log in", error="wrong user name or password", next=_next_path())
+    start_browser_session(svc.db, user["id"], svc.settings.secure_cookies)
+    bottle.redirect(_next_path())
+
+
+def _next_path() -> str:
+    target = bottle.request.params.getunicode("next", "/upload") or "/upload"
+    return target if target.startswith("/") and not target.startswith("//") else "/upload"
+
+
+@app.post("/logout")
+def logout():
+    check_csrf()
+    end_browser_session(svc.db)
+    bottle.redirect("/")
+
+
+@app.get("/upload")
+def upload_page():
+    user = require_user()
+    return page("upload.tpl", title="Upload frames", user=user,
+                max_frame_bytes=svc.settings.max_frame_bytes)
+
+
+@app.get("/status")
+def status_page():
+    user = require_user()
+    return page("status.tpl", title="Your uploads", user=user,
+                sessions=jobs.owner_sessions(svc.db, user["id"]))
+
+
+@app.post("/jobs/<job_id:int>/retry")
+def retry_job_form(job_id):
+    user = require_user()
+    jobs.retry(svc.db, user["id"], job_id)
+    bottle.redirect("/status")
+
+
+@app.post("/jobs/<job_id:int>/delete")
+def delete_job_form(job_id):
+    user = require_user()
+    jobs.delete(svc.db, svc.buffer, svc.archive, user["id"], job_id)
+    bottle.redirect("/status")
+
+
+@app.get("/stacks")
+def gallery():
+    user = user_or_none()
+    viewer = user["id"] if user else None
+    wanted = bottle.request.query.getunicode("object", "") or None
+    return page("stacks.tpl", title="Stacks", user=user, object_name=wanted,
+                objects=stacks.objects(svc.db, viewer),
+                stacks=stacks.list_stacks(svc.db, viewer, object_name=wanted))
+
+
+@app.get("/stacks/<stack_id:int>")
+def stack_page(stack_id):
+    user = user_or_none()
+    stack = _visible_stack(user, stack_id)
+    return page("stack.tpl", title=f"{stack['object']} · {stack['chunk_key']}", user=user,
+                stack=stack, frames=stacks.frame_verdicts(svc.db, stack_id))
+
+
+@app.get("/stacks/<stack_id:int>/stack.fits")
+def stack_fits(stack_id):
+    stack = _visible_stack(user_or_none(), stack_id)
+    link = svc.archive.temporary_url(stack["fits_key"], expires_s=600)
+    if link:
+        bottle.redirect(link, 302)
+    return _stream_from_archive(stack["fits_key"], "application/fits", stacks.download_name(stack))
+
+
+@app.get("/stacks/<stack_id:int>/preview.png")
+def stack_preview(stack_id):
+    stack = _visible_stack(user_or_none(), stack_id)
+    return _stream_from_archive(stack["preview_key"], "image/png", None)
+
+
+def _visible_stack(user, stack_id) -> dict:
+    stack = stacks.get_stack(svc.db, user["id"] if user else None, stack_id)
+    if stack is None:
+        raise HTTPProblem(404, f"no stack {stack_id}")
+    return stack
+
+
+def _stream_from_archive(key: str, content_type: str, filename: str | None):
+    total = svc.archive.size(key)
+    wanted = byte_range(total)
+    start, end = wanted if wanted else (0, total)
+    bottle.response.content_type = content_type
+    bottle.response.set_header("Accept-Ranges", "bytes")
+    bottle.response.set_header("Content-Length", str(end - start))
+    if filename:
+        bottle.response.set_header("Content-Disposition", f'attachment; filename="{filename}"')
+    if wanted:
+        bottle.response.status = 206
+        bottle.response.set_header("Content-Range", f"bytes {start}-{end - 1}/{total}")
+    return svc.archive.iter_bytes(key, start, end)
+
+
+@app.get("/account")
+def account_page():
+    user = require_user()
+    return page("account.tpl", title="Your account", user=user)
+
+
+@app.post("/account")
+def account_submit():
+    user = require_user()
+    accounts.set_sharing(svc.db, user["id"], bottle.request.forms.get("share_with_crowd") == "on")
+    bottle.redirect("/account")
+
+
+# --- JSON API ------------------------------------------------------------------------------
+
+@app.get("/healthz")
+def healthz():
+    return json_response({"ok": True})
+
+
+@app.post("/api/v1/register")
+def api_register():
+    data = json_body()
+    user_id = accounts.register(svc.db, field(data, "username", str), field(data, "password", str))
+    return json_response({"id": user_id, "username": data["username"]}, 201)
+
+
+@app.post("/api/v1/token")
+def api_token():
+    data = json_body()
+    user = accounts.authenticate(svc.db, field(data, "username", str), field(data, "password", str))
+    if user is None:
+        raise HTTPProblem(401, "wrong user name or password")
+    token = accounts.issue_token(svc.db, accounts.USER, user_id=user["id"], name="api")
+    return json_response({"token": token})
+
+
+@app.post("/api/v1/sessions")
+def api_create_session():
+    user = require_user()
+    return json_response({"id": uploads.create_session(svc.db, user["id"])}, 201)
+
+
+@app.get("/api/v1/sessions/<session_id:int>")
+def api_session(session_id):
+    user = require_user()
+    session = uploads.get_session(svc.db, user["id"], session_id)
+    frames = [uploads.frame_view(svc.db, f) for f in svc.db["frames"].find(session_id=session_id, order_by="id")]
+    return json_response({"id": session["id"], "status": session["status"], "frames": frames})
+
+
+@app.put("/api/v1/sessions/<session_id:int>/frames/<filename:path>")
+def api_upload_frame(session_id, filename):
+    user = require_user()
+    length = bottle.request.content_length
+    result = uploads.ingest_frame(
+        svc.db, svc.buffer, svc.settings, owner_id=user["id"], session_id=session_id,
+        filename=filename, body=bottle.request.environ["wsgi.input"],
+        content_length=length if length >= 0 else None)
+    return json_response(result.frame, 201 if result.created else 200)
+
+
+@app.post("/api/v1/sessions/<session_id:int>/finalize")
+def api_finalize(session_id):
+    user = require_user()
+    return json_response({"jobs": uploads.finalize(svc.db, svc.settings, user["id"], session_id)})
+
+
+@app.get("/api/v1/status")
+def api_status():
+    user = require_user()
+    return json_response({"sessions": jobs.owner_sessions(svc.db, user["id"])})
+
+
+@app.get("/api/v1/jobs/<job_id:int>")
+def api_job(job_id):
+    user = require_user()
+    return json_response(jobs.job_view(jobs.owned_job(svc.db, user["id"], job_id)))
+
+
+@app.post("/api/v1/jobs/<job_id:int>/retry")
+def api_retry_job(job_id):
+    user = require_user()
+    jobs.retry(svc.db, user["id"], job_id)
+    return json_response(jobs.job_view(jobs.owned_job(svc.db, user["id"], job_id)))
+
+
+@app.delete("/api/v1/jobs/<job_id:int>")
+def api_delete_job(job_id):
+    user = require_user()
+    jobs.delete(svc.db, svc.buffer, svc.archive, user["id"], job_id)
+    return json_response({"deleted": job_id})
+
+
+@app.get("/api/v1/stacks")
+def api_stacks():
+    user = user_or_none()
+    rows = stacks.list_stacks(svc.db, user["id"] if user else None,
+                              object_name=bottle.request.query.getunicode("object", "") or None)
+    return json_response({"stacks": [stacks.api_view(r) for r in rows]})
+
+
+@app.get("/api/v1/stacks/<stack_id:int>")
+def api_stack(stack_id):
+    stack = _visible_stack(user_or_none(), stack_id)
+    view = stacks.api_view(stack)
+    view["frame_list"] = [{"filename": f["filename"], "used": bool(f["used"]), "reason": f["reason"],
+                           "fwhm_px": f["fwhm_px"], "stars": f["stars"]}
+                          for f in stacks.frame_verdicts(svc.db, stack_id)]
+    return json_response(view)
+
+
+@app.patch("/api/v1/me")
+def api_me():
+    user = require_user()
+    share = field(json_body(), "share_with_crowd", bool)
+    accounts.set_sharing(svc.db, user["id"], share)
+    return json_response({"username": user["username"], "share_with_crowd": share})
+
+
+@app.get("/static/<path:path>")
+def static(path):
+    return bottle.static_file(path, root=str(ROOT / "static"))
+
+
+@app.error(404)
+@app.error(405)
+def not_found(error):
+    return problem(error.status_code, error.body or "not found")
+
+
+# --- serving -------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="CrowdSky ingest app")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--threads", type=int, default=16)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure(config.load())
+    server = wsgi.Server((args.host, args.port), app, numthreads=args.threads,
+                         max=-1, request_queue_size=64)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    log.info("serving on http://%s:%d", args.host, args.port)
+    try:
+        server.start()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

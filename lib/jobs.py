@@ -1,0 +1,117 @@
+"""What happens around a stacking job: its owner's view of it, finishing it, retrying or deleting it.
+
+``lib.queue`` knows how jobs are claimed and leased; this module knows what a chunk job *means*:
+which frames it stacks, where its outputs go, and what must be cleaned up when it ends.
+"""
+from __future__ import annotations
+
+import logging
+
+from lib import queue, stacks
+from lib.storage import StorageError
+
+log = logging.getLogger("crowdsky.jobs")
+
+
+class JobError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def chunk_frames(db, chunk_id: int) -> list[dict]:
+    """The frames a chunk job stacks, in the order given to the pipeline."""
+    return [dict(r) for r in db["frames"].find(chunk_id=chunk_id, status="buffered", order_by="id")]
+
+
+def complete_chunk_job(db, buffer, archive, lease, fits_path, preview_path) -> int | None:
+    """Archive a finished chunk stack, record it, and drop the raws it no longer needs.
+
+    Returns the stack id, or None when the lease had been lost (the outputs are then removed again:
+    the stacker that took over writes its own).
+    """
+    job = lease.job
+    chunk = db["chunks"].find_one(id=job["chunk_id"])
+    frames = chunk_frames(db, chunk["id"])
+    summary = stacks.read_summary(fits_path)
+    if len(summary.verdicts) != len(frames):
+        raise JobError(409, f"the stack lists {len(summary.verdicts)} frames but the chunk has {len(frames)}")
+    fits_key, preview_key = stacks.archive_keys(stacks.CHUNK, job["id"], lease.token)
+    with open(fits_path, "rb") as f:
+        fits_size = archive.put(fits_key, f)
+    with open(preview_path, "rb") as f:
+        archive.put(preview_key, f)
+
+    stack_id = queue.complete(db, lease, lambda tx: stacks.record_chunk_stack(
+        tx, job, chunk, frames, summary, fits_key, preview_key, fits_size))
+    if stack_id is None:
+        _delete_quietly(archive, [fits_key, preview_key])
+        return None
+    _delete_quietly(buffer, [f["buffer_key"] for f in frames])
+    with db as tx:
+        for frame in frames:
+            tx["frames"].update({"id": frame["id"], "status": "stacked"}, ["id"])
+    return stack_id
+
+
+def _delete_quietly(storage, keys) -> None:
+    """Delete what is no longer needed; what fails here is left for the janitor's reconcile pass."""
+    for key in keys:
+        try:
+            storage.delete(key)
+        except StorageError as exc:
+            log.warning("could not delete %s: %s", key, exc)
+
+
+# --- the owner's view ----------------------------------------------------------------------
+
+def job_view(job: dict) -> dict:
+    return {"id": job["id"], "kind": job["kind"], "status": job["status"],
+            "progress": round(float(job["progress"] or 0.0), 3), "message": job["message"],
+            "attempts": job["attempts"], "max_attempts": job["max_attempts"],
+            "stack_id": job["stack_id"], "error": job["error"]}
+
+
+def owned_job(db, owner_id: int, job_id: int) -> dict:
+    job = db["jobs"].find_one(id=job_id)
+    if job is None or job["owner_id"] != owner_id:
+        raise JobError(404, f"no job {job_id}")
+    return job
+
+
+def owner_sessions(db, owner_id: int, limit: int = 50) -> list[dict]:
+    """The owner's upload sessions, newest first, each with its chunks and their jobs."""
+    sessions = [dict(s) for s in db["upload_sessions"].find(owner_id=owner_id, order_by="-id", _limit=limit)]
+    for session in sessions:
+        session["chunks"] = []
+        for chunk in db["chunks"].find(session_id=session["id"], order_by="id"):
+            chunk = dict(chunk)
+            chunk["frames"] = db["frames"].count(chunk_id=chunk["id"])
+            job = db["jobs"].find_one(chunk_id=chunk["id"], kind="chunk", order_by="-id")
+            chunk["job"] = job_view(job) if job else None
+            session["chunks"].append(chunk)
+    return sessions
+
+
+def retry(db, owner_id: int, job_id: int) -> None:
+    job = owned_job(db, owner_id, job_id)
+    if job["status"] != "failed":
+        raise JobError(409, f"job {job_id} is {job['status']}; only failed jobs can be retried")
+    queue.retry(db, job_id)
+
+
+def delete(db, buffer, archive, owner_id: int, job_id: int) -> None:
+    """Delete a job that is not running, with its raws and any outputs it left."""
+    job = owned_job(db, owner_id, job_id)
+    if job["status"] == "running":
+        raise JobError(409, f"job {job_id} is running; wait for it to finish or fail")
+    frames = list(db["frames"].find(chunk_id=job["chunk_id"]))
+    _delete_quietly(buffer, [f["buffer_key"] for f in frames if f["status"] == "buffered"])
+    _delete_quietly(archive, list(archive.list(f"stacks/{job['kind']}/{job_id}/")))
+    with db as tx:
+        if job["stack_id"]:
+            tx["stack_frames"].delete(stack_id=job["stack_id"])
+            tx["stacks"].delete(id=job["stack_id"])
+        tx["frames"].delete(chunk_id=job["chunk_id"])
+        tx["chunks"].delete(id=job["chunk_id"])
+    queue.delete(db, job_id)

@@ -1,0 +1,220 @@
+"""Upload sessions: frames streamed into the buffer, filed into chunks, finalized into jobs.
+
+A frame's bytes go from the request straight into the buffer under a key the server derives; the
+header is read and validated from the first blocks before anything is stored, the length and the
+SHA-256 are checked as the rest streams through, and only then is the frame's row written. A frame
+that fails any check leaves neither an object nor a row behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import uuid
+
+import sqlalchemy as sa
+from dataclasses import dataclass
+
+from lib import chunks, queue
+from lib.db import now
+from lib.fitsheader import FrameError, FrameHeader, parse, read_header_bytes
+
+OPEN, FINALIZED, EXPIRED = "open", "finalized", "expired"
+_FILENAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")
+
+
+class UploadError(Exception):
+    """A refused upload request: *status* is the HTTP status, the message is shown to the owner."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def create_session(db, owner_id: int) -> int:
+    t = now()
+    return db["upload_sessions"].insert({"owner_id": owner_id, "status": OPEN, "created_at": t,
+                                         "updated_at": t, "finalized_at": None})
+
+
+def get_session(db, owner_id: int, session_id: int) -> dict:
+    """The owner's session; someone else's answers exactly like a missing one."""
+    row = db["upload_sessions"].find_one(id=session_id)
+    if row is None or row["owner_id"] != owner_id:
+        raise UploadError(404, f"no upload session {session_id}")
+    return row
+
+
+def check_filename(filename: str) -> str:
+    """The owner's file name, kept only to show it back; refused if it could be mistaken for a path."""
+    if not _FILENAME.fullmatch(filename or "") or set(filename) <= {"."} or ".." in filename:
+        raise UploadError(400, "file name must be 1-255 characters with no '/', '\\', '..' or control characters")
+    if not filename.lower().endswith((".fit", ".fits", ".fts")):
+        raise UploadError(400, f"{filename!r} is not a FITS file name (.fit or .fits)")
+    return filename
+
+
+@dataclass
+class Ingested:
+    frame: dict
+    created: bool                  # False: the same bytes were already uploaded by this owner
+
+
+def ingest_frame(db, buffer, settings, *, owner_id: int, session_id: int, filename: str,
+                 body, content_length: int | None) -> Ingested:
+    """Stream one frame from *body* (a file-like of *content_length* bytes) into the buffer."""
+    session = get_session(db, owner_id, session_id)
+    if session["status"] != OPEN:
+        raise UploadError(409, f"upload session {session_id} is {session['status']}; start a new one")
+    check_filename(filename)
+    if content_length is None:
+        raise UploadError(411, "the upload needs a Content-Length")
+    if content_length <= 0:
+        raise UploadError(400, "the file is empty")
+    if content_length > settings.max_frame_bytes:
+        raise UploadError(413, f"the file is {content_length} bytes; the limit per frame is {settings.max_frame_bytes}")
+    used = stored_bytes(db, owner_id)
+    if used + content_length > settings.quota_bytes:
+        raise UploadError(413, f"this upload would pass your storage quota ({used} of {settings.quota_bytes} bytes used)")
+
+    try:
+        head = read_header_bytes(body, limit=content_length)
+        header = parse(head)
+    except FrameError as exc:
+        raise UploadError(400, f"{filename}: {exc}") from None
+    if content_length < header.min_file_bytes:
+        raise UploadError(400, f"{filename}: the file is truncated: its header describes "
+                               f"{header.min_file_bytes} bytes but the upload has {content_length}")
+
+    key = f"raw/{owner_id}/{session_id}/{uuid.uuid4().hex}.fits"
+    reader = _CheckedReader(head, body, content_length)
+    buffer.put(key, reader, length=content_length)
+    try:
+        reader.verify_complete()
+        result = _record_frame(db, owner_id, session_id, filename, key, reader.count,
+                               reader.sha256.hexdigest(), header)
+    except BaseException:
+        buffer.delete(key)           # nothing stays behind that no row points to
+        raise
+    if not result.created:
+        buffer.delete(key)           # the owner sent these bytes before: keep the first copy
+    return result
+
+
+def _record_frame(db, owner_id, session_id, filename, key, size, sha, header: FrameHeader) -> Ingested:
+    existing = db["frames"].find_one(owner_id=owner_id, sha256=sha)
+    if existing is not None:
+        return Ingested(frame_view(db, existing), created=False)
+    try:
+        with db as tx:
+            # Touching the session row first serialises chunk filing within one session on every
+            # database (a row lock on PostgreSQL/MariaDB, the write lock on SQLite), so two frames
+            # of one pointing uploaded at the same moment cannot open two chunks.
+            tx["upload_sessions"].update({"id": session_id, "updated_at": now()}, ["id"])
+            chunk_id = _file_into_chunk(tx, owner_id, session_id, header)
+            frame_id = tx["frames"].insert({
+                "owner_id": owner_id, "session_id": session_id, "chunk_id": chunk_id,
+                "buffer_key": key, "sha256": sha, "filename": filename, "size": size,
+                "object": header.object, "telescope": header.telescope,
+                "instrument": header.instrument, "date_obs": header.date_obs.isoformat(),
+                "exptime": header.exptime, "ra": header.ra, "dec": header.dec,
+                "bayerpat": header.bayerpat, "width": header.width, "height": header.height,
+                "status": "buffered", "created_at": now(),
+            })
+    except sa.exc.IntegrityError:
+        # The same bytes arrived twice at once; the unique (owner, sha256) index let one win.
+        existing = db["frames"].find_one(owner_id=owner_id, sha256=sha)
+        if existing is None:
+            raise
+        return Ingested(frame_view(db, existing), created=False)
+    return Ingested(frame_view(db, db["frames"].find_one(id=frame_id)), created=True)
+
+
+def _file_into_chunk(tx, owner_id: int, session_id: int, header: FrameHeader) -> int:
+    rows = list(tx["chunks"].find(session_id=session_id, telescope=header.telescope))
+    candidates = [chunks.OpenChunk(r["id"], r["telescope"], r["chunk_key"].split("_")[0], r["ra"], r["dec"])
+                  for r in rows]
+    found = chunks.find_chunk(candidates, header.telescope, header.date_obs, header.ra, header.dec)
+    if found is not None:
+        return found.id
+    return tx["chunks"].insert({
+        "owner_id": owner_id, "session_id": session_id,
+        "chunk_key": chunks.chunk_key(header.date_obs, header.ra, header.dec),
+        "telescope": header.telescope, "object": header.object,
+        "ra": header.ra, "dec": header.dec, "created_at": now(),
+    })
+
+
+def frame_view(db, frame: dict) -> dict:
+    chunk = db["chunks"].find_one(id=frame["chunk_id"])
+    return {"id": frame["id"], "session_id": frame["session_id"], "filename": frame["filename"],
+            "chunk_key": chunk["chunk_key"] if chunk else None, "object": frame["object"],
+            "telescope": frame["telescope"], "date_obs": frame["date_obs"], "exptime": frame["exptime"],
+            "ra": frame["ra"], "dec": frame["dec"], "size": frame["size"], "sha256": frame["sha256"],
+            "status": frame["status"]}
+
+
+def stored_bytes(db, owner_id: int) -> int:
+    rows = db.query("SELECT COALESCE(SUM(size), 0) AS total FROM frames "
+                    "WHERE owner_id = :owner AND status = 'buffered'", owner=owner_id)
+    return int(next(iter(rows))["total"])
+
+
+def finalize(db, settings, owner_id: int, session_id: int) -> list[dict]:
+    """Close the session and queue one stacking job per chunk; returns the jobs."""
+    with db as tx:
+        session = get_session(tx, owner_id, session_id)
+        if session["status"] != OPEN:
+            raise UploadError(409, f"upload session {session_id} is already {session['status']}")
+        chunk_rows = list(tx["chunks"].find(session_id=session_id, order_by="id"))
+        if not chunk_rows:
+            raise UploadError(400, f"upload session {session_id} has no frames to stack")
+        tx["upload_sessions"].update({"id": session_id, "status": FINALIZED, "finalized_at": now(),
+                                      "updated_at": now()}, ["id"])
+        jobs = []
+        for chunk in chunk_rows:
+            job_id = queue.enqueue(tx, kind="chunk", chunk_id=chunk["id"], owner_id=owner_id,
+                                   max_attempts=settings.max_attempts)
+            frames = tx["frames"].count(chunk_id=chunk["id"])
+            jobs.append({"id": job_id, "chunk_key": chunk["chunk_key"], "frames": frames, "status": "pending"})
+    return jobs
+
+
+class _CheckedReader(io.RawIOBase):
+    """The upload body as the buffer reads it: the header already read, then the rest, hashed.
+
+    Reads stop at the declared length; a body that ends early is caught by ``verify_complete``.
+    """
+
+    def __init__(self, head: bytes, rest, length: int):
+        self._head, self._rest, self._length = head, rest, length
+        self._head_pos = 0
+        self.sha256 = hashlib.sha256(head)
+        self.count = len(head)       # bytes taken from the body so far, header included
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._length
+        if self._head_pos < len(self._head):
+            data = self._head[self._head_pos:self._head_pos + size]
+            self._head_pos += len(data)
+            return data
+        remaining = self._length - self.count
+        if remaining <= 0:
+            return b""
+        data = self._rest.read(min(size, remaining))
+        self.sha256.update(data)
+        self.count += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def verify_complete(self) -> None:
+        if self.count != self._length:
+            raise UploadError(400, f"the upload ended after {self.count} of {self._length} bytes")

@@ -1,0 +1,143 @@
+"""Small HTTP helpers shared by the ingest app's routes: who is asking, CSRF, errors, byte ranges."""
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import secrets
+
+import bottle
+
+from lib import accounts
+
+SESSION_COOKIE = "crowdsky_session"
+CSRF_COOKIE = "crowdsky_csrf"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+                                "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; "
+                                "base-uri 'none'; form-action 'self'"),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+class HTTPProblem(Exception):
+    """An error answer: JSON ``{"error": message}`` for the API, an error page for people."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def json_response(payload, status: int = 200):
+    bottle.response.status = status
+    bottle.response.content_type = "application/json"
+    return json.dumps(payload, default=str)
+
+
+def json_body() -> dict:
+    """The request's JSON object body, or a 400 naming what is wrong with it."""
+    raw = bottle.request.body.read(64 * 1024 + 1)
+    if len(raw) > 64 * 1024:
+        raise HTTPProblem(413, "JSON body too large")
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise HTTPProblem(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HTTPProblem(400, "body must be a JSON object")
+    return data
+
+
+def field(data: dict, name: str, kind: type, required: bool = True):
+    value = data.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise HTTPProblem(400, f"'{name}' must be a {kind.__name__}")
+    return value
+
+
+# --- who is asking --------------------------------------------------------------------------
+
+def bearer_token() -> str | None:
+    header = bottle.request.get_header("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
+
+
+def current_user(db) -> dict | None:
+    """The user behind a Bearer token or the browser session cookie.
+
+    A cookie-authenticated state change must also carry the CSRF token; a Bearer token cannot be
+    sent by another site's page, so it needs none.
+    """
+    token = bearer_token()
+    if token is not None:
+        return accounts.user_for_token(db, token, accounts.USER)
+    user = accounts.user_for_token(db, bottle.request.get_cookie(SESSION_COOKIE), accounts.WEB)
+    if user is not None and bottle.request.method in UNSAFE_METHODS:
+        check_csrf()
+    return user
+
+
+def start_browser_session(db, user_id: int, secure: bool) -> None:
+    token = accounts.issue_token(db, accounts.WEB, user_id=user_id, name="browser")
+    bottle.response.set_cookie(SESSION_COOKIE, token, path="/", httponly=True, samesite="lax",
+                               secure=secure, max_age=accounts.WEB_SESSION_SECONDS)
+
+
+def end_browser_session(db) -> None:
+    token = bottle.request.get_cookie(SESSION_COOKIE)
+    if token:
+        accounts.revoke_token(db, token)
+    bottle.response.delete_cookie(SESSION_COOKIE, path="/")
+
+
+# --- CSRF: double submit of a random cookie value --------------------------------------------
+
+def csrf_token(secure: bool) -> str:
+    """The visitor's CSRF token, set as a cookie on first sight; forms and scripts echo it back."""
+    token = bottle.request.get_cookie(CSRF_COOKIE)
+    if not token or not re.fullmatch(r"[A-Za-z0-9_-]{32,64}", token):
+        token = secrets.token_urlsafe(32)
+        bottle.request.cookies[CSRF_COOKIE] = token   # later calls in this request see it
+        bottle.response.set_cookie(CSRF_COOKIE, token, path="/", httponly=True, samesite="strict",
+                                   secure=secure)
+    return token
+
+
+def check_csrf() -> None:
+    expected = bottle.request.get_cookie(CSRF_COOKIE) or ""
+    sent = bottle.request.get_header(CSRF_HEADER) or bottle.request.forms.get(CSRF_FIELD) or ""
+    if not expected or not hmac.compare_digest(expected.encode(), sent.encode()):
+        raise HTTPProblem(403, "the form has expired or did not come from this site; reload the page and try again")
+
+
+# --- byte ranges ----------------------------------------------------------------------------
+
+def byte_range(total: int) -> tuple[int, int] | None:
+    """The single ``Range: bytes=a-b`` asked for, as (start, end exclusive); None for the whole."""
+    header = bottle.request.get_header("Range")
+    if not header:
+        return None
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if not match or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":
+        start, end = max(0, total - int(last)), total
+    else:
+        start = int(first)
+        end = min(total, int(last) + 1) if last else total
+    if start >= total or start >= end:
+        raise HTTPProblem(416, f"range not satisfiable: the file has {total} bytes")
+    return start, end

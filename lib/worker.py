@@ -1,0 +1,161 @@
+"""The stacker's loop, separate from where its jobs come from.
+
+A *job source* hands out leased jobs and takes results back. ``DirectSource`` talks to the database
+and the storage itself (a stacker next to them); a remote source talks to the ingest app's worker API
+(a stacker on a machine with neither). The loop above them is the same: claim, fetch the raws,
+stack them while a heartbeat keeps the lease, then complete or fail.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import traceback
+from pathlib import Path
+
+from lib import jobs, queue
+from lib.stacking import StackingError, stack_files
+
+log = logging.getLogger("crowdsky.stacker")
+
+
+class LeaseLost(Exception):
+    """Another stacker owns the job now; this one must drop it without reporting anything."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+
+
+class DirectSource:
+    """Jobs straight from the database, raws from the buffer, stacks into the archive."""
+
+    def __init__(self, settings, db, buffer, archive):
+        self.settings, self.db, self.buffer, self.archive = settings, db, buffer, archive
+
+    def claim(self, worker: str):
+        return queue.claim(self.db, worker, self.settings.lease_seconds)
+
+    def frames(self, lease) -> list[dict]:
+        return [{"id": f["id"], "filename": f["filename"]}
+                for f in jobs.chunk_frames(self.db, lease.job["chunk_id"])]
+
+    def fetch(self, lease, frame: dict, dest: Path) -> None:
+        key = self.db["frames"].find_one(id=frame["id"])["buffer_key"]
+        with open(dest, "wb") as out:
+            for part in self.buffer.iter_bytes(key):
+                out.write(part)
+
+    def heartbeat(self, lease, progress: float, message: str) -> bool:
+        return queue.heartbeat(self.db, lease, progress, message, self.settings.lease_seconds)
+
+    def complete(self, lease, fits_path: Path, preview_path: Path) -> int | None:
+        return jobs.complete_chunk_job(self.db, self.buffer, self.archive, lease, fits_path, preview_path)
+
+    def fail(self, lease, error: str, permanent: bool) -> str | None:
+        return queue.fail(self.db, lease, error, self.settings.retry_backoff_seconds, permanent=permanent)
+
+    def wait_for_work(self, timeout: float) -> None:
+        queue.wait_for_work(self.db, timeout)
+
+
+class _Heartbeat:
+    """Renews the lease every *interval* seconds from a thread, carrying the latest progress.
+
+    Stacking steps can be long; renewing from a thread keeps the lease alive whatever step runs,
+    and the progress callback raises ``LeaseLost`` at the next step once a renewal is refused.
+    """
+
+    def __init__(self, source, lease, interval: float):
+        self.source, self.lease, self.interval = source, lease, interval
+        self.progress, self.message = 0.0, "starting"
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def update(self, progress: float, message: str) -> None:
+        if self.lost:
+            raise LeaseLost(f"lease of job {self.lease.job_id} was lost")
+        self.progress, self.message = max(0.0, min(1.0, progress)), message
+        log.info("job %s: %3.0f%% %s", self.lease.job_id, 100 * self.progress, message)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not self.source.heartbeat(self.lease, self.progress, self.message):
+                    self.lost = True
+                    return
+            except Exception as exc:      # a passing outage: the lease still has time left
+                log.warning("job %s: heartbeat failed: %s", self.lease.job_id, exc)
+
+
+def run_once(source, worker: str, *, lease_seconds: float) -> bool:
+    """Claim and process one job. Returns False when there was nothing to claim."""
+    lease = source.claim(worker)
+    if lease is None:
+        return False
+    log.info("job %s: claimed by %s (attempt %s)", lease.job_id, worker, lease.job["attempts"])
+    workdir = Path(tempfile.mkdtemp(prefix=f"crowdsky-job{lease.job_id}-"))
+    try:
+        with _Heartbeat(source, lease, interval=max(1.0, lease_seconds / 4)) as beat:
+            _process(source, lease, workdir, beat)
+    except LeaseLost as exc:
+        log.warning("job %s: %s; dropping it", lease.job_id, exc)
+    except StackingError as exc:
+        state = source.fail(lease, str(exc), permanent=True)
+        log.warning("job %s: cannot be stacked: %s (%s)", lease.job_id, exc, state)
+    except Exception as exc:
+        state = source.fail(lease, f"{type(exc).__name__}: {exc}", permanent=False)
+        log.error("job %s: failed (%s): %s", lease.job_id, state, traceback.format_exc())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return True
+
+
+def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
+    frames = source.frames(lease)
+    if not frames:
+        raise StackingError("the chunk has no frames left in the buffer")
+    paths = []
+    for i, frame in enumerate(frames, start=1):
+        beat.update(0.2 * (i - 1) / len(frames), f"downloading frame {i}/{len(frames)}")
+        path = workdir / f"frame{i:05d}.fits"
+        source.fetch(lease, frame, path)
+        paths.append(path)
+
+    def progress(fraction: float, message: str) -> None:
+        beat.update(0.2 + 0.75 * fraction, message)
+
+    result = stack_files(paths, names=[f["filename"] for f in frames], progress=progress)
+    fits_path, preview_path = workdir / "stack.fits", workdir / "preview.png"
+    result.write_fits(fits_path)
+    result.write_preview(preview_path)
+    beat.update(0.97, "archiving")
+    stack_id = source.complete(lease, fits_path, preview_path)
+    if stack_id is None:
+        raise LeaseLost(f"job {lease.job_id} was taken over before it completed")
+    log.info("job %s: done, stack %s (%d of %d frames used)", lease.job_id, stack_id,
+             result.ncombine, len(frames))
+
+
+def run_loop(source, worker: str, *, lease_seconds: float, poll_seconds: float,
+             stop: threading.Event) -> None:
+    """Process jobs until *stop* is set; idle waits grow from 0.5 s up to *poll_seconds*."""
+    idle = 0.5
+    while not stop.is_set():
+        if run_once(source, worker, lease_seconds=lease_seconds):
+            idle = 0.5
+            continue
+        source.wait_for_work(idle)
+        idle = min(poll_seconds, idle * 2)

@@ -1,0 +1,14 @@
+% rebase('base.tpl')
+<section class="narrow">
+<h1>Log in</h1>
+% if error:
+<p class="error" role="alert">{{error}}</p>
+% end
+<form method="post" action="/login?next={{next}}" class="stacked">
+  <input type="hidden" name="csrf_token" value="{{csrf}}">
+  <label>User name <input name="username" autocomplete="username" required></label>
+  <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+  <button type="submit">Log in</button>
+</form>
+<p>New here? <a href="/register">Create an account</a>.</p>
+</section>
