@@ -9,16 +9,21 @@ import argparse
 import logging
 import signal
 import sys
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import bottle
 from cheroot import wsgi
 
-from lib import accounts, config, jobs, stacks, uploads
-from lib.db import connect
+from lib import accounts, config, jobs, logs, metrics, queue, seestar_compat, stacks, uploads
 from lib.fitsheader import FrameError
-from lib.storage import NotFound, StorageError, StorageUnavailable, open_storage
-from lib.web import (HTTPProblem, byte_range, check_csrf, csrf_token, current_user, end_browser_session, field,
+from lib.db import release
+from lib.services import Services
+from lib.storage import NotFound, StorageError, StorageUnavailable
+from lib.ratelimit import LoginLimiter
+from lib.web import (HTTPProblem, bearer_token, byte_range, check_csrf, csrf_token, current_user, end_browser_session, field,
                      json_body, json_response, start_browser_session, SECURITY_HEADERS)
 
 ROOT = Path(__file__).resolve().parent
@@ -28,24 +33,13 @@ log = logging.getLogger("crowdsky.ingest")
 app = bottle.Bottle()
 
 
-class Services:
-    """What every request needs, built once at start-up."""
-
-    def __init__(self, settings: config.Settings):
-        self.settings = settings
-        self.db = connect(settings.database_url)
-        self.buffer = open_storage(settings.buffer_url, settings.buffer_credentials, role="buffer")
-        self.archive = open_storage(settings.archive_url, settings.archive_credentials, role="archive")
-        self.buffer.ensure_ready()
-        self.archive.ensure_ready()
-
-
-svc: Services = None  # set by configure()
+svc: Services = None  # what every request needs; set once by configure()
 
 
 def configure(settings: config.Settings) -> bottle.Bottle:
     global svc
-    svc = Services(settings)
+    svc = Services.open(settings)
+    metrics.watch_queue(svc.db)
     return app
 
 
@@ -55,10 +49,24 @@ def is_api() -> bool:
     return bottle.request.path.startswith("/api/")
 
 
+@app.hook("before_request")
+def start_request():
+    bottle.request.environ["crowdsky.request_id"] = uuid.uuid4().hex[:12]
+    bottle.request.environ["crowdsky.started"] = time.monotonic()
+
+
 @app.hook("after_request")
-def security_headers():
+def finish_request():
+    release(svc.db)
     for name, value in SECURITY_HEADERS.items():
         bottle.response.set_header(name, value)
+    environ = bottle.request.environ
+    request_id = environ.get("crowdsky.request_id", "-")
+    bottle.response.set_header("X-Request-Id", request_id)
+    log.info("request", extra={
+        "request_id": request_id, "method": bottle.request.method, "path": bottle.request.path,
+        "status": bottle.response.status_code,
+        "duration_ms": round(1000 * (time.monotonic() - environ.get("crowdsky.started", time.monotonic())), 1)})
 
 
 def problem(status: int, message: str):
@@ -94,6 +102,24 @@ def guarded(handler):
 
 
 app.install(lambda callback: guarded(callback))
+
+
+limiter = LoginLimiter()
+
+
+def login(username: str, password: str) -> dict | None:
+    """Check a password, within the failed-login limits of the account and of the address."""
+    keys = (f"user:{username.lower()}", f"ip:{bottle.request.remote_addr}")
+    wait = limiter.retry_after(*keys)
+    if wait:
+        bottle.response.set_header("Retry-After", str(wait))
+        raise HTTPProblem(429, f"too many failed logins; try again in {wait} s")
+    user = accounts.authenticate(svc.db, username, password)
+    if user is None:
+        limiter.failed(*keys)
+    else:
+        limiter.succeeded(keys[0])
+    return user
 
 
 def user_or_none() -> dict | None:
@@ -152,7 +178,7 @@ def login_form():
 def login_submit():
     check_csrf()
     form = bottle.request.forms
-    user = accounts.authenticate(svc.db, form.getunicode("username", ""), form.getunicode("password", ""))
+    user = login(form.getunicode("username", ""), form.getunicode("password", ""))
     if user is None:
         bottle.response.status = 401
         return page("login.tpl", title="Log in", error="wrong user name or password", next=_next_path())
@@ -275,6 +301,28 @@ def healthz():
     return json_response({"ok": True})
 
 
+@app.get("/readyz")
+def readyz():
+    """Ready when the database, the buffer and the archive all answer."""
+    checks = {}
+    for name, probe in (("database", lambda: list(svc.db.query("SELECT 1 AS one"))),
+                        ("buffer", lambda: svc.buffer.exists("readyz-probe")),
+                        ("archive", lambda: svc.archive.exists("readyz-probe"))):
+        try:
+            probe()
+            checks[name] = "ok"
+        except Exception as exc:          # any failure means "not ready", and says why
+            checks[name] = f"{type(exc).__name__}: {exc}"[:300]
+    ready = all(v == "ok" for v in checks.values())
+    return json_response({"ready": ready, **checks}, 200 if ready else 503)
+
+
+@app.get("/metrics")
+def prometheus_metrics():
+    bottle.response.content_type = "text/plain; version=0.0.4; charset=utf-8"
+    return metrics.exposition()
+
+
 @app.post("/api/v1/register")
 def api_register():
     data = json_body()
@@ -285,7 +333,7 @@ def api_register():
 @app.post("/api/v1/token")
 def api_token():
     data = json_body()
-    user = accounts.authenticate(svc.db, field(data, "username", str), field(data, "password", str))
+    user = login(field(data, "username", str), field(data, "password", str))
     if user is None:
         raise HTTPProblem(401, "wrong user name or password")
     token = accounts.issue_token(svc.db, accounts.USER, user_id=user["id"], name="api")
@@ -310,17 +358,24 @@ def api_session(session_id):
 def api_upload_frame(session_id, filename):
     user = require_user()
     length = bottle.request.content_length
-    result = uploads.ingest_frame(
-        svc.db, svc.buffer, svc.settings, owner_id=user["id"], session_id=session_id,
-        filename=filename, body=bottle.request.environ["wsgi.input"],
-        content_length=length if length >= 0 else None)
+    try:
+        result = uploads.ingest_frame(
+            svc.db, svc.buffer, svc.settings, owner_id=user["id"], session_id=session_id,
+            filename=filename, body=bottle.request.environ["wsgi.input"],
+            content_length=length if length >= 0 else None)
+    except uploads.UploadError:
+        metrics.uploads.labels("rejected").inc()
+        raise
+    metrics.uploads.labels("created" if result.created else "duplicate").inc()
+    if result.created:
+        metrics.upload_bytes.inc(result.frame["size"])
     return json_response(result.frame, 201 if result.created else 200)
 
 
 @app.post("/api/v1/sessions/<session_id:int>/finalize")
 def api_finalize(session_id):
     user = require_user()
-    return json_response({"jobs": uploads.finalize(svc.db, svc.settings, user["id"], session_id)})
+    return json_response({"jobs": uploads.finalize(svc, user["id"], session_id)["jobs"]})
 
 
 @app.get("/api/v1/status")
@@ -375,6 +430,129 @@ def api_me():
     return json_response({"username": user["username"], "share_with_crowd": share})
 
 
+# --- worker API: remote stackers with a worker token ------------------------------------
+
+def require_worker() -> dict:
+    row = accounts.token_row(svc.db, bearer_token(), accounts.WORKER)
+    if row is None:
+        raise HTTPProblem(401, "a worker token is required (Authorization: Bearer <worker token>)")
+    return row
+
+
+@app.post("/api/v1/worker/claim")
+def worker_claim():
+    name = require_worker()["name"]
+    worker = field(json_body(), "worker", str, required=False) or name
+    lease = queue.claim(svc.db, f"{name}/{worker}", svc.settings.lease_seconds)
+    if lease is None:
+        bottle.response.status = 204
+        return ""
+    return json_response({"job": jobs.job_view(lease.job) | {"chunk_id": lease.job["chunk_id"]},
+                          "lease": lease.token, "expires": lease.expires})
+
+
+@app.get("/api/v1/worker/jobs/<job_id:int>/frames")
+def worker_frames(job_id):
+    require_worker()
+    lease = jobs.current_lease(svc.db, job_id, bottle.request.query.get("lease"))
+    return json_response({"frames": [{"id": f["id"], "filename": f["filename"], "size": f["size"]}
+                                     for f in jobs.chunk_frames(svc.db, lease.job["chunk_id"])]})
+
+
+@app.get("/api/v1/worker/jobs/<job_id:int>/frames/<frame_id:int>")
+def worker_frame_bytes(job_id, frame_id):
+    require_worker()
+    lease = jobs.current_lease(svc.db, job_id, bottle.request.query.get("lease"))
+    frame = svc.db["frames"].find_one(id=frame_id, chunk_id=lease.job["chunk_id"])
+    if frame is None:
+        raise HTTPProblem(404, f"frame {frame_id} is not part of job {job_id}")
+    bottle.response.content_type = "application/fits"
+    bottle.response.set_header("Content-Length", str(frame["size"]))
+    return svc.buffer.iter_bytes(frame["buffer_key"])
+
+
+@app.post("/api/v1/worker/jobs/<job_id:int>/heartbeat")
+def worker_heartbeat(job_id):
+    require_worker()
+    data = json_body()
+    lease = jobs.current_lease(svc.db, job_id, field(data, "lease", str))
+    progress = field(data, "progress", (int, float))
+    if not queue.heartbeat(svc.db, lease, float(progress), field(data, "message", str, required=False) or "",
+                           svc.settings.lease_seconds):
+        raise HTTPProblem(409, f"the lease on job {job_id} is no longer yours")
+    return json_response({"ok": True, "expires": lease.expires})
+
+
+@app.post("/api/v1/worker/jobs/<job_id:int>/complete")
+def worker_complete(job_id):
+    require_worker()
+    lease = jobs.current_lease(svc.db, job_id, bottle.request.forms.get("lease"))
+    files = bottle.request.files
+    if files.get("fits") is None or files.get("preview") is None:
+        raise HTTPProblem(400, "send the stack as form files 'fits' and 'preview'")
+    with tempfile.TemporaryDirectory(prefix="crowdsky-result-") as tmp:
+        fits_path, preview_path = Path(tmp) / "stack.fits", Path(tmp) / "preview.png"
+        files["fits"].save(str(fits_path))
+        files["preview"].save(str(preview_path))
+        stack_id = jobs.complete_chunk_job(svc.db, svc.buffer, svc.archive, lease, fits_path, preview_path)
+    if stack_id is None:
+        raise HTTPProblem(409, f"the lease on job {job_id} is no longer yours")
+    return json_response({"stack_id": stack_id})
+
+
+@app.post("/api/v1/worker/jobs/<job_id:int>/fail")
+def worker_fail(job_id):
+    require_worker()
+    data = json_body()
+    lease = jobs.current_lease(svc.db, job_id, field(data, "lease", str))
+    status = queue.fail(svc.db, lease, field(data, "error", str)[:2000], svc.settings.retry_backoff_seconds,
+                        permanent=bool(data.get("permanent")))
+    if status is None:
+        raise HTTPProblem(409, f"the lease on job {job_id} is no longer yours")
+    return json_response({"status": status})
+
+
+# --- the seestarpy client's API (the original service's paths; HTTP Basic auth) ------------
+
+def require_basic_user() -> dict:
+    credentials = bottle.request.auth
+    user = login(*credentials) if credentials else None
+    if user is None:
+        bottle.response.set_header("WWW-Authenticate", 'Basic realm="CrowdSky"')
+        raise HTTPProblem(401, "wrong user name or password")
+    return user
+
+
+@app.get("/api/my_stacks.php")
+def compat_my_stacks():
+    user = require_basic_user()
+    wanted = bottle.request.query.getunicode("object", "") or None
+    return json_response(seestar_compat.stack_listing(svc.db, user["id"], wanted))
+
+
+@app.get("/api/download_stack.php")
+def compat_download_stack():
+    user = require_basic_user()
+    stack = seestar_compat.stack_for_key(svc.db, user["id"], bottle.request.query.getunicode("chunk_key", ""))
+    return _stream_from_archive(stack["fits_key"], "application/fits", stacks.download_name(stack))
+
+
+@app.post("/api/raw_upload.php")
+def compat_raw_upload():
+    user = require_basic_user()
+    action = bottle.request.query.get("action", "")
+    form = bottle.request.forms
+    if action == "start":
+        return json_response({"ok": True, "session_token": str(uploads.create_session(svc.db, user["id"]))})
+    if action == "file":
+        return json_response(seestar_compat.raw_file(svc, user["id"], form.get("session_token"),
+                                                     bottle.request.files.get("file")))
+    if action == "finalize":
+        return json_response(seestar_compat.raw_finalize(svc, user["id"], form.get("session_token"),
+                                                         overwrite=form.get("overwrite") == "1"))
+    raise HTTPProblem(400, f"unknown action {action!r}: use start, file or finalize")
+
+
 @app.get("/static/<path:path>")
 def static(path):
     return bottle.static_file(path, root=str(ROOT / "static"))
@@ -388,23 +566,48 @@ def not_found(error):
 
 # --- serving -------------------------------------------------------------------------------
 
+def worker_token_command(argv) -> int:
+    """``worker-token add NAME`` prints a new token once; ``worker-token revoke NAME`` ends them."""
+    parser = argparse.ArgumentParser(prog="ingest_app.py worker-token",
+                                     description="Create or revoke tokens for remote stackers.")
+    parser.add_argument("action", choices=["add", "revoke"])
+    parser.add_argument("name", help="a name for the stacker machine, e.g. its host name")
+    args = parser.parse_args(argv)
+    from lib.db import connect
+    db = connect(config.load().database_url)
+    if args.action == "add":
+        print(accounts.issue_token(db, accounts.WORKER, name=args.name))
+    else:
+        print(f"revoked {accounts.revoke_worker_token(db, args.name)} token(s) named {args.name!r}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker-token"]:
+        return worker_token_command(argv[1:])
     parser = argparse.ArgumentParser(description="CrowdSky ingest app")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--threads", type=int, default=16)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.setup("ingest")
     configure(config.load())
     server = wsgi.Server((args.host, args.port), app, numthreads=args.threads,
                          max=-1, request_queue_size=64)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    signal.signal(signal.SIGTERM, _stop_serving)
     log.info("serving on http://%s:%d", args.host, args.port)
     try:
         server.start()
     except KeyboardInterrupt:
+        log.info("stopping: finishing requests in flight")
         server.stop()
     return 0
+
+
+def _stop_serving(*_):
+    # The serve loop runs in this (main) thread: leave it the way Ctrl-C does, then stop cleanly.
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -16,25 +16,23 @@ import sys
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from lib import config, janitor_tasks, worker
-from lib.db import connect
-from lib.storage import open_storage
+from lib import config, janitor_tasks, logs, worker
+from lib.db import release
+from lib.services import Services
 
 log = logging.getLogger("crowdsky.janitor")
 
 
-def tasks(settings):
-    """(name, function, every N seconds) for each task, bound to this deployment's services."""
-    db = connect(settings.database_url)
-    buffer = open_storage(settings.buffer_url, settings.buffer_credentials, role="buffer")
+def tasks(svc) -> list[tuple[str, object, int]]:
+    """(name, function, every N seconds) for each task of this deployment."""
+    settings = svc.settings
     found = [
-        ("expire-sessions", lambda: janitor_tasks.expire_sessions(db, buffer, settings), 600),
-        ("requeue-dead-leases", lambda: janitor_tasks.requeue_dead_leases(db),
+        ("expire-sessions", lambda: janitor_tasks.expire_sessions(svc), 600),
+        ("requeue-dead-leases", lambda: janitor_tasks.requeue_dead_leases(svc.db),
          max(10, settings.lease_seconds // 2)),
     ]
     if settings.stack_every_minutes > 0:
-        archive = open_storage(settings.archive_url, settings.archive_credentials, role="archive")
-        source = worker.DirectSource(settings, db, buffer, archive)
+        source = worker.DirectSource(svc)
         found.append(("stacking-pass", lambda: _stacking_pass(source, settings),
                       settings.stack_every_minutes * 60))
     return found
@@ -48,22 +46,32 @@ def _stacking_pass(source, settings) -> int:
     return done
 
 
+def run_task(svc, name: str, task) -> None:
+    """Run one task, log what it did, and give its thread's database connection back."""
+    try:
+        log.info("%s: %s", name, task())
+    except Exception:                  # the next run tries again; the scheduler must go on
+        log.exception("%s failed", name)
+    finally:
+        release(svc.db)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="CrowdSky janitor")
     parser.add_argument("--once", action="store_true", help="run every task once and exit")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = config.load()
-    jobs = tasks(settings)
+    logs.setup("janitor")
+    svc = Services.open(config.load())
     if args.once:
-        for name, run, _ in jobs:
-            log.info("%s: %s", name, run())
+        for name, task, _ in tasks(svc):
+            run_task(svc, name, task)
         return 0
     scheduler = BlockingScheduler(timezone="UTC")
-    for name, run, seconds in jobs:
-        scheduler.add_job(run, "interval", seconds=seconds, id=name, max_instances=1, coalesce=True)
-    signal.signal(signal.SIGTERM, lambda *_: scheduler.shutdown(wait=True))
-    log.info("janitor running: %s", ", ".join(name for name, _, _ in jobs))
+    for name, task, seconds in tasks(svc):
+        scheduler.add_job(run_task, "interval", args=(svc, name, task), seconds=seconds, id=name,
+                          max_instances=1, coalesce=True)
+    signal.signal(signal.SIGTERM, lambda *_: scheduler.shutdown(wait=False))
+    log.info("janitor running: %s", ", ".join(job.id for job in scheduler.get_jobs()))
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):

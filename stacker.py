@@ -10,13 +10,12 @@ It is stateless: run it from cron, from the janitor's scheduler, or as many copi
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from lib import config, worker
+from lib import config, logs, worker
 
 
 def stack_command(argv) -> int:
@@ -32,7 +31,7 @@ def stack_command(argv) -> int:
         parser.error("no such file: " + ", ".join(missing))
 
     def progress(fraction: float, message: str) -> None:
-        logging.info("%3.0f%% %s", 100 * fraction, message)
+        print(f"{100 * fraction:3.0f}% {message}", file=sys.stderr, flush=True)
 
     try:
         result = stack_files(args.frames, progress=progress)
@@ -55,38 +54,47 @@ def job_source(settings):
     if settings.api_url and settings.worker_token:
         from lib.remote import RemoteSource
         return RemoteSource(settings.api_url, settings.worker_token)
-    from lib.db import connect
-    from lib.storage import open_storage
-    db = connect(settings.database_url)
-    buffer = open_storage(settings.buffer_url, settings.buffer_credentials, role="buffer")
-    archive = open_storage(settings.archive_url, settings.archive_credentials, role="archive")
-    archive.ensure_ready()
-    return worker.DirectSource(settings, db, buffer, archive)
+    from lib.services import Services
+    return worker.DirectSource(Services.open(settings))
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if argv[:1] == ["stack"]:
         return stack_command(argv[1:])
+    logs.setup("stacker")
     parser = argparse.ArgumentParser(description="CrowdSky stacker")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--once", action="store_true", help="stack one pending job, then exit")
     mode.add_argument("--loop", action="store_true", help="keep stacking until stopped")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="stack N jobs in parallel")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
 
     settings = config.load()
     source = job_source(settings)
-    name = worker.worker_name()
-    if args.once:
-        if not worker.run_once(source, name, lease_seconds=settings.lease_seconds):
-            print("no pending job")
-        return 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    worker.run_loop(source, name, lease_seconds=settings.lease_seconds,
-                    poll_seconds=settings.poll_seconds, stop=stop)
+    claimed = []
+
+    def one_slot(slot: int) -> None:
+        name = f"{worker.worker_name()}#{slot}"
+        if args.once:
+            claimed.append(worker.run_once(source, name, lease_seconds=settings.lease_seconds))
+        else:
+            worker.run_loop(source, name, lease_seconds=settings.lease_seconds,
+                            poll_seconds=settings.poll_seconds, stop=stop)
+
+    slots = [threading.Thread(target=one_slot, args=(i,), daemon=True) for i in range(args.jobs)]
+    for thread in slots:
+        thread.start()
+    while any(thread.is_alive() for thread in slots):
+        for thread in slots:
+            thread.join(timeout=0.5)   # short joins keep the main thread free for signals
+    if args.once and not any(claimed):
+        print("no pending job")
     return 0
 
 

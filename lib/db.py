@@ -9,6 +9,7 @@ supported database compares the same way; times shown to people are ISO-8601 UTC
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import dataset
@@ -193,6 +194,21 @@ def _unique_index(db: dataset.Database, table: str, columns: tuple[str, ...]) ->
     sa_table = db[table].table
     sa.Index(name, *(sa_table.c[c] for c in columns), unique=True).create(db.executable)
     db.executable.commit()
+
+
+def release(db: dataset.Database) -> None:
+    """Hand this thread's connection back to the pool, ending any read transaction it holds.
+
+    dataset keeps one connection per thread for as long as the Database lives. Threads that come
+    and go (request threads, heartbeats, scheduled tasks) would otherwise pin connections until the
+    pool runs dry, and a connection left after a read sits idle in a transaction holding locks.
+    """
+    if db.in_transaction:
+        return
+    with db.lock:
+        connection = db.connections.pop(threading.get_ident(), None)
+    if connection is not None:
+        connection.close()
 
 
 def now() -> float:

@@ -10,9 +10,10 @@ from lib.storage import StorageError
 log = logging.getLogger("crowdsky.janitor")
 
 
-def expire_sessions(db, buffer, settings) -> list[int]:
+def expire_sessions(svc) -> list[int]:
     """Upload sessions left open longer than the setting: their raws go, nobody will stack them."""
-    cutoff = now() - settings.session_expire_hours * 3600
+    db, buffer = svc.db, svc.buffer
+    cutoff = now() - svc.settings.session_expire_hours * 3600
     expired = []
     for session in list(db["upload_sessions"].find(status=uploads.OPEN)):
         if session["updated_at"] >= cutoff:

@@ -5,6 +5,7 @@ which frames it stacks, where its outputs go, and what must be cleaned up when i
 """
 from __future__ import annotations
 
+import hmac
 import logging
 
 from lib import queue, stacks
@@ -63,6 +64,15 @@ def _delete_quietly(storage, keys) -> None:
             log.warning("could not delete %s: %s", key, exc)
 
 
+def current_lease(db, job_id: int, token: str | None) -> queue.Lease:
+    """The lease a remote stacker presents, if it is still the job's current one."""
+    job = db["jobs"].find_one(id=job_id)
+    if (job is None or job["status"] != "running" or not token or not job["lease_token"]
+            or not hmac.compare_digest(job["lease_token"].encode(), str(token).encode())):
+        raise JobError(409, f"the lease on job {job_id} is no longer yours")
+    return queue.Lease(job_id=job_id, token=job["lease_token"], job=dict(job), expires=job["lease_expires"])
+
+
 # --- the owner's view ----------------------------------------------------------------------
 
 def job_view(job: dict) -> dict:
@@ -108,10 +118,11 @@ def delete(db, buffer, archive, owner_id: int, job_id: int) -> None:
     frames = list(db["frames"].find(chunk_id=job["chunk_id"]))
     _delete_quietly(buffer, [f["buffer_key"] for f in frames if f["status"] == "buffered"])
     _delete_quietly(archive, list(archive.list(f"stacks/{job['kind']}/{job_id}/")))
+    if job["stack_id"]:
+        stack = db["stacks"].find_one(id=job["stack_id"])
+        if stack:
+            stacks.delete_stack(db, archive, stack)
     with db as tx:
-        if job["stack_id"]:
-            tx["stack_frames"].delete(stack_id=job["stack_id"])
-            tx["stacks"].delete(id=job["stack_id"])
         tx["frames"].delete(chunk_id=job["chunk_id"])
         tx["chunks"].delete(id=job["chunk_id"])
     queue.delete(db, job_id)

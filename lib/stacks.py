@@ -98,6 +98,17 @@ def record_chunk_stack(tx, job: dict, chunk: dict, frames: list[dict], summary: 
     return stack_id
 
 
+def delete_stack(db, archive, stack: dict) -> None:
+    """Remove a stack's files from the archive, then its rows."""
+    for key in (stack["fits_key"], stack["preview_key"]):
+        if key:
+            archive.delete(key)
+    with db as tx:
+        tx["stack_frames"].delete(stack_id=stack["id"])
+        tx["stacks"].delete(id=stack["id"])
+        tx["jobs"].update({"id": stack["job_id"], "stack_id": None}, ["id"])
+
+
 # --- who sees what -----------------------------------------------------------------------------
 
 def visible_to(db, viewer_id: int | None) -> tuple[str, dict]:

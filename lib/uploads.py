@@ -15,7 +15,7 @@ import uuid
 import sqlalchemy as sa
 from dataclasses import dataclass
 
-from lib import chunks, queue
+from lib import chunks, queue, stacks
 from lib.db import now
 from lib.fitsheader import FrameError, FrameHeader, parse, read_header_bytes
 
@@ -160,8 +160,18 @@ def stored_bytes(db, owner_id: int) -> int:
     return int(next(iter(rows))["total"])
 
 
-def finalize(db, settings, owner_id: int, session_id: int) -> list[dict]:
-    """Close the session and queue one stacking job per chunk; returns the jobs."""
+# What finalize does with a chunk whose key already has a stack of this owner's.
+STACK_AGAIN, SKIP_STACKED, REPLACE_STACKED = "stack", "skip", "replace"
+
+
+def finalize(svc, owner_id: int, session_id: int, *, stacked: str = STACK_AGAIN) -> dict:
+    """Close the session and queue one stacking job per chunk.
+
+    Returns ``{"jobs": [...], "skipped": [chunk keys]}``. With SKIP_STACKED, chunks whose key already
+    has a stack are not queued and their raws are dropped; with REPLACE_STACKED, those older stacks
+    are deleted and the chunk is stacked anew.
+    """
+    db = svc.db
     with db as tx:
         session = get_session(tx, owner_id, session_id)
         if session["status"] != OPEN:
@@ -171,13 +181,31 @@ def finalize(db, settings, owner_id: int, session_id: int) -> list[dict]:
             raise UploadError(400, f"upload session {session_id} has no frames to stack")
         tx["upload_sessions"].update({"id": session_id, "status": FINALIZED, "finalized_at": now(),
                                       "updated_at": now()}, ["id"])
-        jobs = []
-        for chunk in chunk_rows:
-            job_id = queue.enqueue(tx, kind="chunk", chunk_id=chunk["id"], owner_id=owner_id,
-                                   max_attempts=settings.max_attempts)
-            frames = tx["frames"].count(chunk_id=chunk["id"])
-            jobs.append({"id": job_id, "chunk_key": chunk["chunk_key"], "frames": frames, "status": "pending"})
-    return jobs
+    jobs, skipped = [], []
+    for chunk in chunk_rows:
+        earlier = [s for s in db["stacks"].find(owner_id=owner_id, chunk_key=chunk["chunk_key"], kind="chunk")]
+        if earlier and stacked == SKIP_STACKED:
+            skipped.append(chunk["chunk_key"])
+            _drop_chunk(svc, chunk)
+            continue
+        if earlier and stacked == REPLACE_STACKED:
+            for stack in earlier:
+                stacks.delete_stack(db, svc.archive, stack)
+        job_id = queue.enqueue(db, kind="chunk", chunk_id=chunk["id"], owner_id=owner_id,
+                               max_attempts=svc.settings.max_attempts)
+        jobs.append({"id": job_id, "chunk_key": chunk["chunk_key"],
+                     "frames": db["frames"].count(chunk_id=chunk["id"]), "status": "pending"})
+    return {"jobs": jobs, "skipped": skipped}
+
+
+def _drop_chunk(svc, chunk: dict) -> None:
+    """Forget a chunk nobody will stack: its raws and rows."""
+    frames = list(svc.db["frames"].find(chunk_id=chunk["id"]))
+    for frame in frames:
+        svc.buffer.delete(frame["buffer_key"])
+    with svc.db as tx:
+        tx["frames"].delete(chunk_id=chunk["id"])
+        tx["chunks"].delete(id=chunk["id"])
 
 
 class _CheckedReader(io.RawIOBase):

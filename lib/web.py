@@ -56,12 +56,16 @@ def json_body() -> dict:
     return data
 
 
-def field(data: dict, name: str, kind: type, required: bool = True):
+def field(data: dict, name: str, kind, required: bool = True):
+    """``data[name]`` if it has the JSON type *kind* (a type or tuple of types), else a 400."""
     value = data.get(name)
     if value is None and not required:
         return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise HTTPProblem(400, f"'{name}' must be a {kind.__name__}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join({str: "string", int: "number", float: "number", bool: "boolean"}.get(k, k.__name__)
+                            for k in kinds)
+        raise HTTPProblem(400, f"'{name}' must be a {names}")
     return value
 
 

@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from lib import jobs, queue
+from lib.db import release
 from lib.stacking import StackingError, stack_files
 
 log = logging.getLogger("crowdsky.stacker")
@@ -27,14 +28,15 @@ class LeaseLost(Exception):
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class DirectSource:
     """Jobs straight from the database, raws from the buffer, stacks into the archive."""
 
-    def __init__(self, settings, db, buffer, archive):
-        self.settings, self.db, self.buffer, self.archive = settings, db, buffer, archive
+    def __init__(self, svc):
+        self.svc = svc
+        self.settings, self.db, self.buffer, self.archive = svc.settings, svc.db, svc.buffer, svc.archive
 
     def claim(self, worker: str):
         return queue.claim(self.db, worker, self.settings.lease_seconds)
@@ -60,6 +62,10 @@ class DirectSource:
 
     def wait_for_work(self, timeout: float) -> None:
         queue.wait_for_work(self.db, timeout)
+
+    def release(self) -> None:
+        """This thread is done with the database for now."""
+        release(self.db)
 
 
 class _Heartbeat:
@@ -91,13 +97,16 @@ class _Heartbeat:
         log.info("job %s: %3.0f%% %s", self.lease.job_id, 100 * self.progress, message)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if not self.source.heartbeat(self.lease, self.progress, self.message):
-                    self.lost = True
-                    return
-            except Exception as exc:      # a passing outage: the lease still has time left
-                log.warning("job %s: heartbeat failed: %s", self.lease.job_id, exc)
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    if not self.source.heartbeat(self.lease, self.progress, self.message):
+                        self.lost = True
+                        return
+                except Exception as exc:      # a passing outage: the lease still has time left
+                    log.warning("job %s: heartbeat failed: %s", self.lease.job_id, exc)
+        finally:
+            self.source.release()
 
 
 def run_once(source, worker: str, *, lease_seconds: float) -> bool:
@@ -120,6 +129,7 @@ def run_once(source, worker: str, *, lease_seconds: float) -> bool:
         log.error("job %s: failed (%s): %s", lease.job_id, state, traceback.format_exc())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        source.release()
     return True
 
 

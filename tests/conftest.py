@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.servers", "tests.databases", "tests.apps"]
+pytest_plugins = ["tests.servers", "tests.databases", "tests.apps", "tests.browser"]
