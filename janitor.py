@@ -4,7 +4,8 @@
     python janitor.py --once   run every task once (for cron) and exit
 
 Tasks: expire upload sessions left unfinished (and delete their raws), return jobs whose stacker
-died to the queue, and, when ``CROWDSKY_STACK_EVERY_MINUTES`` is set, run a stacking pass for
+died to the queue, drop raws of failed jobs nobody retried, reconcile rows with stored objects, and,
+when ``CROWDSKY_STACK_EVERY_MINUTES`` is set, run a stacking pass for
 deployments without a long-running stacker.
 """
 from __future__ import annotations
@@ -30,6 +31,8 @@ def tasks(svc) -> list[tuple[str, object, int]]:
         ("expire-sessions", lambda: janitor_tasks.expire_sessions(svc), 600),
         ("requeue-dead-leases", lambda: janitor_tasks.requeue_dead_leases(svc.db),
          max(10, settings.lease_seconds // 2)),
+        ("drop-unstackable-raws", lambda: janitor_tasks.drop_unstackable_raws(svc), 3600),
+        ("reconcile", lambda: janitor_tasks.reconcile(svc, settings.reconcile_grace_seconds), 3600),
     ]
     if settings.stack_every_minutes > 0:
         source = worker.DirectSource(svc)

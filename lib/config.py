@@ -59,6 +59,7 @@ class Settings:
     retry_backoff_seconds: float = 30.0
     session_expire_hours: float = 24.0
     raw_retention_days: int = 14
+    reconcile_grace_seconds: float = 3600.0
     stack_every_minutes: int = 0
     max_frame_bytes: int = 64 * 1024 * 1024
     quota_bytes: int = 20 * 1024 ** 3
@@ -101,6 +102,7 @@ def load() -> Settings:
         retry_backoff_seconds=_float("RETRY_BACKOFF_SECONDS", 30.0),
         session_expire_hours=_float("SESSION_EXPIRE_HOURS", 24.0),
         raw_retention_days=_int("RAW_RETENTION_DAYS", 14),
+        reconcile_grace_seconds=_float("RECONCILE_GRACE_SECONDS", 3600.0),
         stack_every_minutes=_int("STACK_EVERY_MINUTES", 0),
         max_frame_bytes=_int("MAX_FRAME_BYTES", 64 * 1024 * 1024),
         quota_bytes=_int("QUOTA_BYTES", 20 * 1024 ** 3),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 
 BLOCK = 2880                       # FITS logical record, bytes
 MAX_HEADER_BLOCKS = 64             # 180 KiB of cards: far more than any camera writes
@@ -96,8 +97,10 @@ def parse(head: bytes) -> FrameHeader:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             header = fits.Header.fromstring(head[:length].decode("ascii"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FrameError(f"the FITS header cannot be read: {exc}") from None
+        for card in header.cards:        # astropy parses values lazily: parse them all now
+            _ = card.value
+    except (UnicodeDecodeError, ValueError, VerifyError) as exc:
+        raise FrameError(f"the FITS header cannot be read: {str(exc).splitlines()[0][:200]}") from None
 
     if header.get("SIMPLE") is not True:
         raise FrameError("not a standard FITS file (SIMPLE is not T)")

@@ -42,3 +42,76 @@ def requeue_dead_leases(db) -> list[int]:
     for job_id in jobs:
         log.info("job %s: lease expired, returned to the queue", job_id)
     return jobs
+
+
+def drop_unstackable_raws(svc) -> list[int]:
+    """Raws of failed jobs nobody retried within the retention period: nobody will stack them."""
+    cutoff = now() - svc.settings.raw_retention_days * 86400
+    rows = svc.db.query(
+        "SELECT f.id, f.buffer_key FROM frames f JOIN jobs j ON j.chunk_id = f.chunk_id "
+        "WHERE f.status = 'buffered' AND j.status = 'failed' AND j.finished_at < :cutoff", cutoff=cutoff)
+    dropped = []
+    for row in list(rows):
+        try:
+            svc.buffer.delete(row["buffer_key"])
+        except StorageError as exc:
+            log.warning("cannot delete %s yet: %s", row["buffer_key"], exc)
+            continue
+        svc.db["frames"].update({"id": row["id"], "status": "discarded"}, ["id"])
+        dropped.append(row["id"])
+    return dropped
+
+
+def reconcile(svc, grace_s: float = 3600.0) -> dict:
+    """Make rows and objects agree again, for anything older than *grace_s*.
+
+    Objects with no row (an upload or a stacker that died between writing and recording) are
+    deleted; rows whose object is gone (lost outside CrowdSky) are reported and removed, so nothing
+    points at missing data. Running it twice changes nothing the second time.
+    """
+    db, cutoff = svc.db, now() - grace_s
+    report = {"buffer_orphans": [], "archive_orphans": [], "frames_without_raw": [], "stacks_without_fits": []}
+
+    known_raws = {r["buffer_key"] for r in db.query("SELECT buffer_key FROM frames WHERE status = 'buffered'")}
+    for key in list(svc.buffer.list("raw/")):
+        made = uploads.raw_key_time(key)
+        if key not in known_raws and (made is None or made < cutoff):
+            svc.buffer.delete(key)
+            report["buffer_orphans"].append(key)
+    for frame in list(db.query("SELECT id, buffer_key FROM frames WHERE status = 'buffered' "
+                               "AND created_at < :cutoff", cutoff=cutoff)):
+        if not svc.buffer.exists(frame["buffer_key"]):
+            db["frames"].update({"id": frame["id"], "status": "missing"}, ["id"])
+            report["frames_without_raw"].append(frame["id"])
+
+    known_outputs = set()
+    for stack in db.query("SELECT fits_key, preview_key FROM stacks"):
+        known_outputs.update((stack["fits_key"], stack["preview_key"]))
+    for key in list(svc.archive.list("stacks/")):
+        if key in known_outputs:
+            continue
+        job = _job_of_output(db, key)
+        if job is None or (job["status"] != "running" and (job["finished_at"] or job["created_at"]) < cutoff):
+            svc.archive.delete(key)
+            report["archive_orphans"].append(key)
+    for stack in list(db.query("SELECT id, job_id, fits_key FROM stacks WHERE created_at < :cutoff", cutoff=cutoff)):
+        if not svc.archive.exists(stack["fits_key"]):
+            with db as tx:
+                tx["stack_frames"].delete(stack_id=stack["id"])
+                tx["stacks"].delete(id=stack["id"])
+                tx["jobs"].update({"id": stack["job_id"], "stack_id": None, "status": "failed",
+                                   "error": "the stack's FITS file disappeared from the archive"}, ["id"])
+            report["stacks_without_fits"].append(stack["id"])
+
+    for kind, items in report.items():
+        if items:
+            log.warning("reconcile: %d %s: %s", len(items), kind.replace("_", " "), items[:20])
+    return {kind: len(items) for kind, items in report.items()}
+
+
+def _job_of_output(db, key: str) -> dict | None:
+    """The job an archive key ``stacks/<kind>/<job id>/<lease>/...`` belongs to."""
+    parts = key.split("/")
+    if len(parts) < 4 or not parts[2].isdigit():
+        return None
+    return db["jobs"].find_one(id=int(parts[2]))

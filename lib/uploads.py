@@ -23,6 +23,19 @@ OPEN, FINALIZED, EXPIRED = "open", "finalized", "expired"
 _FILENAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")
 
 
+def raw_key(owner_id: int, session_id: int) -> str:
+    """Buffer key of a new raw frame. It starts with the Unix time it was made, so the janitor can
+    tell an object still being uploaded (no row yet) from one that lost its row long ago."""
+    return f"raw/{owner_id}/{session_id}/{int(now())}-{uuid.uuid4().hex}.fits"
+
+
+def raw_key_time(key: str) -> float | None:
+    try:
+        return float(key.rsplit("/", 1)[-1].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
 class UploadError(Exception):
     """A refused upload request: *status* is the HTTP status, the message is shown to the owner."""
 
@@ -86,7 +99,7 @@ def ingest_frame(db, buffer, settings, *, owner_id: int, session_id: int, filena
         raise UploadError(400, f"{filename}: the file is truncated: its header describes "
                                f"{header.min_file_bytes} bytes but the upload has {content_length}")
 
-    key = f"raw/{owner_id}/{session_id}/{uuid.uuid4().hex}.fits"
+    key = raw_key(owner_id, session_id)
     reader = _CheckedReader(head, body, content_length)
     buffer.put(key, reader, length=content_length)
     try:
