@@ -430,6 +430,11 @@ def api_me():
     return json_response({"username": user["username"], "share_with_crowd": share})
 
 
+@app.get("/api/v1/openapi.json")
+def api_openapi():
+    return bottle.static_file("openapi.json", root=str(ROOT / "lib"), mimetype="application/json")
+
+
 # --- worker API: remote stackers with a worker token ------------------------------------
 
 def require_worker() -> dict:
