@@ -53,7 +53,7 @@ def read_summary(fits_path) -> StackSummary:
                     "used": bool(row["USED"]),
                     "reason": (str(row["REASON"]).strip() or None),
                     "fwhm_px": _finite(row["FWHM"]),
-                    "stars": int(row["STARS"]),
+                    "stars": int(row["STARS"]) if int(row["STARS"]) >= 0 else None,
                     "background": _finite(row["BACKGROUND"]),
                     "noise": _finite(row["NOISE"]),
                 })
@@ -61,8 +61,14 @@ def read_summary(fits_path) -> StackSummary:
             object=str(header.get("OBJECT", "unknown")), instrument=str(header.get("INSTRUME", "unknown")),
             frames_used=int(header["NCOMBINE"]), exposure_s=float(header["EXPTIME"]),
             date_beg=str(header["DATE-BEG"]), date_end=str(header["DATE-END"]),
-            fwhm_px=_finite(header.get("FWHM")), noise=_finite(header.get("BGNOISE")),
+            fwhm_px=_finite(header.get("FWHM", _median([v["fwhm_px"] for v in verdicts if v["used"]]))),
+            noise=_finite(header.get("BGNOISE")),
             verdicts=verdicts)
+
+
+def _median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
 
 
 def _finite(value):

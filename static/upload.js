@@ -25,9 +25,11 @@
     });
   }
 
-  async function session() {
-    if (sessionId === null) sessionId = (await api("POST", "/api/v1/sessions")).id;
-    return sessionId;
+  // One session for the whole batch, even when several files ask for it at once.
+  let sessionRequest = null;
+  function session() {
+    sessionRequest = sessionRequest || api("POST", "/api/v1/sessions").then((data) => (sessionId = data.id));
+    return sessionRequest;
   }
 
   function human(bytes) {
