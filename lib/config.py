@@ -2,13 +2,12 @@
 
 Every setting has an embedded default so that a first run on a bare machine needs none:
 SQLite for rows and local folders for the buffer and the archive, all under ``CROWDSKY_DATA_DIR``.
-Secrets are only ever read from the environment (or, for the embedded default of the cookie key,
-from a file the app generates in the data folder; that folder is never in git).
+Secrets (storage credentials, a remote stacker's worker token) are only ever read from the
+environment.
 """
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +52,6 @@ class Settings:
     archive_url: str
     buffer_credentials: Credentials
     archive_credentials: Credentials
-    secret_key: str = field(repr=False)
     lease_seconds: int = 300
     max_attempts: int = 3
     retry_backoff_seconds: float = 30.0
@@ -69,20 +67,6 @@ class Settings:
     secure_cookies: bool = False
 
 
-def _secret_key(data_dir: Path) -> str:
-    """CROWDSKY_SECRET_KEY, or a random key generated once and kept in the data folder."""
-    key = _env("SECRET_KEY")
-    if key:
-        return key
-    path = data_dir / "secret_key"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
-
-
 def _credentials(role: str) -> Credentials:
     return Credentials(user=_env(role + "_USER"), secret=_env(role + "_PASSWORD"))
 
@@ -96,7 +80,6 @@ def load() -> Settings:
         archive_url=_env("ARCHIVE_URL", (data_dir / "archive").as_uri()),
         buffer_credentials=_credentials("BUFFER"),
         archive_credentials=_credentials("ARCHIVE"),
-        secret_key=_secret_key(data_dir),
         lease_seconds=_int("LEASE_SECONDS", 300),
         max_attempts=_int("MAX_ATTEMPTS", 3),
         retry_backoff_seconds=_float("RETRY_BACKOFF_SECONDS", 30.0),

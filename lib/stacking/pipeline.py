@@ -1,0 +1,401 @@
+"""stack_files: raw FITS frames in, one stacked colour image out.
+
+    measure    every frame, in parallel: read, luminance straight from the mosaic, stars, sky
+    grade      the session against itself: outliers out, the best frame becomes the reference
+    register   every graded frame, in parallel: match stars, demosaic, warp, write into the cube
+    normalise  sky offset and star-flux scale per frame and channel, inverse-variance weights
+    combine    row block by row block, in parallel: reject outliers, weighted mean
+
+File reading happens only here; the steps themselves are pure functions in the sibling modules. Worker
+processes hold one frame (or one row block) at a time and the frames live in a disk-backed cube, so
+memory does not grow with the number of frames.
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+
+from . import combine as combine_step
+from .cube import DiskArray
+from .debayer import cfa_luminance, debayer
+from .fitsio import FrameHeader, FrameReadError, FrameRow, exposure_end, format_date, read_frame, write_stack
+from .grade import FrameMetrics, grade_frames, pick_reference
+from .normalize import noise_weights, normalization, sky_level_and_noise, transparency
+from .options import FrameVerdict, StackingError, StackOptions
+from .preview import stretch, write_png
+from .register import Registration, RegistrationError, find_registration, warp
+from .stars import StarField, aperture_fluxes, detect_stars
+
+ADU_SCALE = np.float32(1 / 65535)    # the cube and the stack hold ADU/65535, as Siril does
+SATURATION_ADU = 60000.0
+CHUNK_OVERHEAD = 24 * 2**20          # combine's per-worker working set besides the block itself
+PROGRESS_MEASURED, PROGRESS_REGISTERED = 0.3, 0.75   # fractions of the run at the end of each stage
+
+Progress = Callable[[float, str], None]
+
+
+# ----------------------------------------------------------------------------------------- results
+
+@dataclass
+class StackResult:
+    """A finished stack. image: (3, H, W) float32 R, G, B in ADU/65535 of the reference frame;
+    coverage: (H, W) int16 frames covering each pixel. Times are ISO-8601 UTC without a zone suffix."""
+
+    image: np.ndarray
+    coverage: np.ndarray
+    frames: list[FrameVerdict]
+    ncombine: int
+    exptime_total: float
+    date_beg: str
+    date_end: str
+    object: str | None
+    instrument: str | None
+    reference_name: str
+    noise: float          # sky RMS of the stack's luminance, ADU (same measure as FrameVerdict.noise)
+    fwhm_px: float        # median star FWHM on the stack's luminance
+    stars: int            # stars detected on the stack
+    reference_header: FrameHeader
+    history: list[str]
+    star_fluxes: np.ndarray   # (m, 3) fluxes of the stack's brightest stars, for colour balance
+    _rows: list[FrameRow]
+
+    def write_fits(self, path: Path | str) -> None:
+        """FITS with the (3, H, W) float32 image, COVERAGE and FRAMES extensions (see fitsio.write_stack)."""
+        write_stack(Path(path), self.image, self.coverage, reference=self.reference_header,
+                    reference_name=self.reference_name, ncombine=self.ncombine,
+                    exptime_total=self.exptime_total, date_beg=self.date_beg, date_end=self.date_end,
+                    frames=self._rows, history=self.history)
+
+    def write_preview(self, path: Path | str) -> None:
+        """Auto-stretched 8-bit PNG of the stack (see preview.py)."""
+        write_png(stretch(self.image, self.star_fluxes), Path(path))
+
+
+# ------------------------------------------------------------------------------- worker-side steps
+
+@dataclass
+class Measured:
+    """Stage 1 of one frame: header and star field, or why it cannot be used."""
+
+    index: int
+    header: FrameHeader | None = None
+    stars: StarField | None = None
+    error: str | None = None
+
+
+@dataclass
+class Registered:
+    """Stage 2 of one frame: where its stars went, its sky and star fluxes per channel (ADU)."""
+
+    index: int
+    registration: Registration | None = None
+    sky: np.ndarray | None = None          # (3,)
+    noise: np.ndarray | None = None        # (3,)
+    fluxes: np.ndarray | None = None       # (m, 3) of the stars paired with the reference
+    error: str | None = None
+
+
+def _init_worker() -> None:
+    # each worker is one of min(cores, frames) processes: OpenCV's own threads would only compete
+    cv2.setNumThreads(1)
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep freed blocks for reuse instead of handing them back to the kernel.
+
+    The combine step allocates and frees the same few megabytes thousands of times; by default glibc
+    returns each block to the kernel and the next allocation page-faults it back in, which costs about
+    as much as the arithmetic. The working set is bounded either way (see _row_blocks).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 256 * 2**20)
+    libc.mallopt(m_trim_threshold, 512 * 2**20)
+
+
+def _measure(task: tuple[int, str, StackOptions]) -> Measured:
+    index, path, options = task
+    try:
+        raw, header = read_frame(Path(path))
+    except FrameReadError as exc:
+        return Measured(index, error=str(exc))
+    stars = detect_stars(cfa_luminance(raw), detect_sigma=options.detect_sigma, max_stars=options.max_stars,
+                         saturation=SATURATION_ADU)
+    return Measured(index, header, stars)
+
+
+def _register(task) -> Registered:
+    index, slot, path, frame_xy, frame_flux, ref_xy, is_reference, aperture, options, cube = task
+    raw, header = read_frame(Path(path))
+    if is_reference:
+        registration = Registration.identity(len(ref_xy))
+    else:
+        try:
+            registration = find_registration(frame_xy, ref_xy, frame_flux, min_matches=options.min_matches,
+                                             max_residual_px=options.max_residual_px,
+                                             max_scale_error=options.max_scale_error)
+        except RegistrationError as exc:
+            return Registered(index, error=str(exc))
+    paired = frame_xy[registration.frame_index]
+    planes = cv2.split(debayer(raw, header.pattern))
+    sky, noise, fluxes = np.empty(3), np.empty(3), np.empty((len(paired), 3))
+    frames = cube.map(writable=True)
+    for c, plane in enumerate(planes):
+        plane = plane.astype(np.float32)
+        sky[c], noise[c] = sky_level_and_noise(plane)
+        fluxes[:, c] = aperture_fluxes(plane, paired[:, 0], paired[:, 1], aperture)
+        plane *= ADU_SCALE
+        frames[slot, c] = plane if is_reference else warp(plane, registration.matrix, header.shape,
+                                                          options.interpolation)
+    return Registered(index, registration, sky, noise, fluxes)
+
+
+def _combine_rows(task) -> int:
+    rows, slots, gain, offset, weights, options, cube, output, coverage = task
+    frames = cube.map()
+    block = np.asarray(frames[slots, :, rows[0]:rows[1]], dtype=np.float32)   # (M, 3, rows, W)
+    del frames
+    block *= gain[:, :, None, None]
+    block += offset[:, :, None, None]
+    count, width = block.shape[0], block.shape[3]
+    image = output.map(writable=True)
+    rejected = 0
+    for c in range(3):
+        mean, dropped = combine_step.combine(
+            block[:, c].reshape(count, -1), weights[:, c], rejection=options.rejection,
+            sigma_low=options.sigma_low, sigma_high=options.sigma_high,
+            percentile_low=options.percentile_low, percentile_high=options.percentile_high,
+            max_iterations=options.max_clip_iterations)
+        image[c, rows[0]:rows[1]] = np.nan_to_num(mean, nan=0.0).reshape(-1, width)
+        rejected += dropped
+    covered = coverage.map(writable=True)
+    covered[rows[0]:rows[1]] = np.count_nonzero(~np.isnan(block[:, 1]), axis=0)
+    return rejected
+
+
+# ---------------------------------------------------------------------------------- orchestration
+
+class _InProcess:
+    """Runs tasks in the calling process: one worker needs no pool (and no second copy of anything)."""
+
+    def imap_unordered(self, function, tasks):
+        return map(function, tasks)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _pool(workers: int):
+    if workers <= 1:
+        return _InProcess()
+    # forkserver, not fork: the stacker forks while its heartbeat (and --jobs) threads run, and a
+    # child forked from a threaded parent can inherit a held lock and hang. The server process is
+    # clean, and preloading this module keeps a worker's start-up to milliseconds.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context.Pool(workers, initializer=_init_worker)
+
+
+def stack_files(paths: Sequence[Path], *, names: Sequence[str] | None = None, progress: Progress | None = None,
+                options: StackOptions = StackOptions()) -> StackResult:
+    """Stack raw Bayer FITS frames into one colour image.
+
+    paths: the frames (read only here). names: display names for verdicts and the FRAMES table,
+    default the file names. progress(fraction 0..1, message) is called per frame while measuring and
+    registering and per row block while combining. Raises StackingError if no frame can be used.
+    """
+    paths = [Path(p) for p in paths]
+    names = [p.name for p in paths] if names is None else [str(n) for n in names]
+    if len(names) != len(paths):
+        raise ValueError(f"{len(names)} names for {len(paths)} paths")
+    if not paths:
+        raise StackingError("no frames to stack")
+    report = progress or (lambda fraction, message: None)
+    workers = min(options.workers or os.cpu_count() or 1, len(paths))
+
+    with tempfile.TemporaryDirectory(prefix="crowdsky-stack-", dir=options.tmp_dir) as tmp, _pool(workers) as pool:
+        measured: list[Measured] = [Measured(i) for i in range(len(paths))]
+        tasks = [(i, str(p), options) for i, p in enumerate(paths)]
+        for done, result in enumerate(pool.imap_unordered(_measure, tasks), 1):
+            measured[result.index] = result
+            report(PROGRESS_MEASURED * done / len(paths), f"measured {done}/{len(paths)}")
+
+        reasons, reference = _grade(measured, options)
+        candidates = [i for i, reason in enumerate(reasons) if reason is None]
+        if not candidates:
+            raise StackingError(_nothing_usable(names, reasons))
+
+        shape = measured[reference].header.shape
+        cube = DiskArray.create(Path(tmp) / "frames.cube", options.cube_dtype, (len(candidates), 3, *shape))
+        ref_xy = measured[reference].stars.xy
+        fwhm = np.nanmedian([measured[i].stars.fwhm_px for i in candidates])
+        aperture = float(np.clip(2.0 * fwhm, 3.0, 15.0)) if np.isfinite(fwhm) else 6.0
+        tasks = [(i, slot, str(paths[i]), measured[i].stars.xy, measured[i].stars.flux, ref_xy, i == reference,
+                  aperture, options, cube) for slot, i in enumerate(candidates)]
+        registered: dict[int, Registered] = {}
+        for done, result in enumerate(pool.imap_unordered(_register, tasks), 1):
+            registered[result.index] = result
+            if result.error:
+                reasons[result.index] = result.error
+            report(PROGRESS_MEASURED + (PROGRESS_REGISTERED - PROGRESS_MEASURED) * done / len(tasks),
+                   f"registered {done}/{len(tasks)}")
+
+        used = [i for i in candidates if reasons[i] is None]
+        slots = np.array([candidates.index(i) for i in used])
+        gain, offset, weights = _normalise(used, reference, registered, options)
+
+        output = DiskArray.create(Path(tmp) / "stack.f32", "float32", (3, *shape))
+        coverage = DiskArray.create(Path(tmp) / "coverage.i16", "int16", shape)
+        blocks = _row_blocks(shape, len(used), workers, options.mem_limit)
+        tasks = [(rows, slots, gain, offset, weights, options, cube, output, coverage) for rows in blocks]
+        rejected = 0
+        for done, dropped in enumerate(pool.imap_unordered(_combine_rows, tasks), 1):
+            rejected += dropped
+            report(PROGRESS_REGISTERED + (1 - PROGRESS_REGISTERED) * done / len(tasks),
+                   f"combined block {done}/{len(tasks)}")
+        image = np.array(output.map())
+        cover = np.array(coverage.map())
+
+    return _result(image, cover, paths, names, measured, registered, reasons, used, reference, weights,
+                   rejected, options)
+
+
+def _grade(measured: list[Measured], options: StackOptions) -> tuple[list[str | None], int]:
+    """Reasons (None = fine so far) for every frame, and the reference frame's index.
+
+    Frames must agree on shape and Bayer pattern with the majority; those with too few stars to
+    register are out before grading so that they do not drag the session's medians down.
+    """
+    reasons: list[str | None] = [m.error for m in measured]
+    readable = [m for m in measured if m.error is None]
+    if not readable:
+        return reasons, -1
+    layouts = [(m.header.shape, m.header.pattern) for m in readable]
+    shape, pattern = max(set(layouts), key=lambda layout: (layouts.count(layout), -layouts.index(layout)))
+    for m in readable:
+        if m.header.shape != shape:
+            reasons[m.index] = f"frame is {m.header.shape[1]}x{m.header.shape[0]}, the session's frames are " \
+                               f"{shape[1]}x{shape[0]}"
+        elif m.header.pattern != pattern:
+            reasons[m.index] = f"Bayer pattern {m.header.pattern} differs from the session's {pattern}"
+        elif m.stars.count < options.min_stars:
+            reasons[m.index] = f"too few stars to register: {m.stars.count} detected (need {options.min_stars})"
+    graded = [m.index for m in readable if reasons[m.index] is None]
+    if not graded:
+        return reasons, -1
+    metrics = [FrameMetrics(measured[i].stars.count, measured[i].stars.fwhm_px, measured[i].stars.elongation,
+                            measured[i].stars.background, measured[i].stars.noise) for i in graded]
+    if options.grading:
+        for i, reason in zip(graded, grade_frames(metrics, options.grade_k)):
+            reasons[i] = reason
+    passed = [k for k, i in enumerate(graded) if reasons[i] is None]
+    if not passed:
+        return reasons, -1
+    return reasons, graded[pick_reference(metrics, passed)]
+
+
+def _normalise(used: list[int], reference: int, registered: dict[int, Registered],
+               options: StackOptions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(M, 3) gain, offset (in the cube's ADU/65535) and weight of each used frame."""
+    ref = registered[reference]
+    gains, offsets, noises = [], [], []
+    for i in used:
+        r = registered[i]
+        ratio = transparency(r.fluxes, ref.fluxes[r.registration.ref_index])
+        gain, offset = normalization(options.normalization, r.sky, r.noise, ratio, ref.sky, ref.noise)
+        gains.append(gain)
+        offsets.append(offset * ADU_SCALE)
+        noises.append(r.noise)
+    gain, offset, noise = np.array(gains), np.array(offsets), np.array(noises)
+    if options.weighting == "noise":
+        weights = noise_weights(noise, gain)
+    else:
+        weights = np.ones_like(gain, dtype=np.float32)
+    return gain.astype(np.float32), offset.astype(np.float32), weights
+
+
+def _row_blocks(shape: tuple[int, int], frames: int, workers: int, mem_limit: int) -> list[tuple[int, int]]:
+    """Row ranges sized so that all workers' blocks together stay within mem_limit bytes.
+
+    A block costs frames × 3 × rows × W values, once as read (cube dtype, ≤ 4 bytes) and once as
+    float32, plus CHUNK_OVERHEAD of temporaries per worker; there are at least 2 blocks per worker
+    so that nobody idles at the end.
+    """
+    height, width = shape
+    per_worker = max(mem_limit // workers - CHUNK_OVERHEAD, 2**20)
+    rows = max(1, per_worker // (frames * 3 * width * 8))
+    rows = min(rows, max(1, -(-height // (2 * workers))))
+    return [(start, min(start + rows, height)) for start in range(0, height, rows)]
+
+
+def _nothing_usable(names: list[str], reasons: list[str | None]) -> str:
+    listed = "; ".join(f"{name}: {reason}" for name, reason in zip(names, reasons))
+    return f"no frame could be used ({len(names)} given): {listed}"
+
+
+def _result(image, cover, paths, names, measured, registered, reasons, used, reference, weights, rejected,
+            options) -> StackResult:
+    if not used:
+        raise StackingError(_nothing_usable(names, reasons))
+    weight_of = {i: float(weights[k].mean()) for k, i in enumerate(used)}
+    verdicts, rows = [], []
+    for i, name in enumerate(names):
+        m, r = measured[i], registered.get(i)
+        stars = m.stars
+        residual = r.registration.residual_px if r is not None and r.registration is not None else None
+        verdicts.append(FrameVerdict(
+            name=name, used=i in weight_of, reason=reasons[i],
+            fwhm_px=_finite(stars.fwhm_px) if stars else None, stars=stars.count if stars else None,
+            background=stars.background if stars else None, noise=stars.noise if stars else None,
+            residual_px=residual, weight=weight_of.get(i)))
+        rows.append(FrameRow(name, i in weight_of, reasons[i],
+                             format_date(m.header.date_obs) if m.header else None,
+                             m.header.exptime if m.header else None, verdicts[-1].fwhm_px,
+                             verdicts[-1].stars, verdicts[-1].background, verdicts[-1].noise, residual,
+                             weight_of.get(i)))
+
+    headers = [measured[i].header for i in used]
+    start = min(h.date_obs for h in headers)
+    end = max(exposure_end(h.date_obs, h.exptime) for h in headers)
+    # measured like the frames: 0.25 R + 0.5 G + 0.25 B through the same 3x3 kernel, in ADU, so that
+    # the stack's noise and FWHM compare directly with each frame's
+    luminance = cfa_luminance((image[0] + 2 * image[1] + image[2]) * np.float32(0.25 / ADU_SCALE))
+    found = detect_stars(luminance, detect_sigma=options.detect_sigma, max_stars=options.max_stars,
+                         saturation=np.inf)
+    star_fluxes = np.column_stack([aperture_fluxes(plane, found.x[:50], found.y[:50], 6.0) for plane in image])
+    reference_header = measured[reference].header
+    history = [f"CrowdSky stack of {len(used)} of {len(names)} frames",
+               f"registration: star triangles + similarity fit, {options.interpolation} warp onto {names[reference]}",
+               f"normalisation: {options.normalization}; weights: {options.weighting}",
+               f"rejection: {options.rejection} (low {options.sigma_low}, high {options.sigma_high}), "
+               f"{rejected} values rejected",
+               *[f"frame used: {names[i]}" for i in used]]
+    return StackResult(
+        image=image, coverage=cover, frames=verdicts, ncombine=len(used),
+        exptime_total=float(sum(h.exptime for h in headers)), date_beg=format_date(start), date_end=format_date(end),
+        object=_text(reference_header.value("OBJECT")), instrument=_text(reference_header.value("INSTRUME")),
+        reference_name=names[reference], noise=found.noise, fwhm_px=found.fwhm_px, stars=found.count,
+        reference_header=reference_header, history=history, star_fluxes=star_fluxes, _rows=rows)
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _text(value: object | None) -> str | None:
+    return None if value is None else str(value).strip()
