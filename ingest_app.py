@@ -17,7 +17,8 @@ from pathlib import Path
 import bottle
 from cheroot import wsgi
 
-from lib import accounts, config, jobs, logs, metrics, queue, seestar_compat, stacks, uploads
+from lib import accounts, config, gallery as gallery_lib, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
+from lib import zipstream
 from lib.fitsheader import FrameError
 from lib.db import release
 from lib.services import Services
@@ -146,8 +147,8 @@ def page(template: str, **values) -> str:
 
 @app.get("/")
 def index():
-    recent = stacks.list_stacks(svc.db, None, limit=8)
-    return page("index.tpl", title="CrowdSky", recent=recent)
+    recent = stacks.list_stacks(svc.db, None, limit=8)     # shared stacks only: no viewer
+    return page("index.tpl", title="CrowdSky", recent=recent, numbers=gallery_lib.site_numbers(svc.db))
 
 
 @app.get("/register")
@@ -230,18 +231,21 @@ def delete_job_form(job_id):
 def gallery():
     user = user_or_none()
     viewer = user["id"] if user else None
-    wanted = bottle.request.query.getunicode("object", "") or None
-    return page("stacks.tpl", title="Stacks", user=user, object_name=wanted,
-                objects=stacks.objects(svc.db, viewer),
-                stacks=stacks.list_stacks(svc.db, viewer, object_name=wanted))
+    query = bottle.request.query
+    filters = gallery_lib.Filters.from_query(query)
+    listing = gallery_lib.page(svc.db, viewer, filters, before=gallery_lib.cursor(query.get("before")),
+                               after=gallery_lib.cursor(query.get("after")))
+    return page("stacks.tpl", title="Stacks", user=user, filters=filters, listing=listing,
+                objects=stacks.objects(svc.db, viewer), owners=gallery_lib.owners(svc.db, viewer))
 
 
 @app.get("/stacks/<stack_id:int>")
 def stack_page(stack_id):
     user = user_or_none()
     stack = _visible_stack(user, stack_id)
+    frames = stacks.frame_verdicts(svc.db, stack_id)
     return page("stack.tpl", title=f"{stack['object']} · {stack['chunk_key']}", user=user,
-                stack=stack, frames=stacks.frame_verdicts(svc.db, stack_id))
+                stack=stack, frames=frames, rejections=gallery_lib.rejections(frames), g=gallery_lib)
 
 
 @app.get("/stacks/<stack_id:int>/stack.fits")
@@ -257,6 +261,34 @@ def stack_fits(stack_id):
 def stack_preview(stack_id):
     stack = _visible_stack(user_or_none(), stack_id)
     return _stream_from_archive(stack["preview_key"], "image/png", None)
+
+
+@app.get("/stacks/<stack_id:int>/thumb.jpg")
+def stack_thumbnail(stack_id):
+    stack = _visible_stack(user_or_none(), stack_id)
+    thumb = gallery_lib.thumbnail(svc.archive, svc.settings.data_dir / "cache" / "thumbs", stack)
+    if isinstance(thumb, bytes):
+        bottle.response.content_type = "image/jpeg"
+        return thumb
+    return bottle.static_file(thumb.name, root=str(thumb.parent), mimetype="image/jpeg")
+
+
+@app.route("/stacks.zip", method=["GET", "POST"])
+def stacks_zip():
+    """The FITS of the chosen stacks (``ids=1,2,3``) in one ZIP, streamed; every one must be visible."""
+    if bottle.request.method == "POST":
+        check_csrf()
+    user = user_or_none()
+    rows = gallery_lib.visible_stacks(svc.db, user["id"] if user else None,
+                                      gallery_lib.parse_ids(bottle.request.params.getunicode("ids", "")))
+    bottle.response.content_type = "application/zip"
+    bottle.response.set_header("Content-Disposition", f'attachment; filename="{gallery_lib.zip_name(rows)}"')
+    return zipstream.stream(gallery_lib.zip_members(svc.archive, rows))
+
+
+@app.get("/map")
+def sky_map_page():
+    return page("map.tpl", title="Sky map", user=user_or_none())
 
 
 def _visible_stack(user, stack_id) -> dict:
@@ -422,6 +454,12 @@ def api_stack(stack_id):
     return json_response(view)
 
 
+@app.get("/api/v1/skymap")
+def api_skymap():
+    user = user_or_none()
+    return json_response(skymap.points(svc.db, user["id"] if user else None))
+
+
 @app.patch("/api/v1/me")
 def api_me():
     user = require_user()
@@ -452,7 +490,8 @@ def worker_claim():
     if lease is None:
         bottle.response.status = 204
         return ""
-    return json_response({"job": jobs.job_view(lease.job) | {"chunk_id": lease.job["chunk_id"]},
+    return json_response({"job": jobs.job_view(lease.job) | {"chunk_id": lease.job["chunk_id"],
+                                                            "payload": lease.job.get("payload")},
                           "lease": lease.token, "expires": lease.expires})
 
 
@@ -540,6 +579,13 @@ def compat_download_stack():
     user = require_basic_user()
     stack = seestar_compat.stack_for_key(svc.db, user["id"], bottle.request.query.getunicode("chunk_key", ""))
     return _stream_from_archive(stack["fits_key"], "application/fits", stacks.download_name(stack))
+
+
+@app.post("/api/upload_stack.php")
+def compat_upload_stack():
+    user = require_basic_user()
+    return json_response(seestar_compat.upload_stack(svc, user["id"], bottle.request.files.get("file"),
+                                                     bottle.request.forms))
 
 
 @app.post("/api/raw_upload.php")

@@ -7,6 +7,7 @@ pointing jitter that straddles a pixel border does not split one target into sev
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -18,6 +19,11 @@ NSIDE = 128
 CHUNK_RADIUS_DEG = 0.25            # frames of one pointing lie within this of the chunk's centre
 BLOCK_MINUTES = 15
 _HEALPIX = HEALPix(nside=NSIDE, order="ring")
+# CrowdSky_<N>_<target>_<exposure>s_<filter>_<YYYYMMDD.CC>_HP<nnnnnn>.fit: how seestarpy names the
+# stacks the telescope made of one chunk.
+TELESCOPE_NAME = re.compile(
+    r"^CrowdSky_(?P<frames>\d+)_(?P<target>.+)_(?P<exposure>\d+(?:\.\d+)?)s_(?P<filter>[A-Za-z]+)_"
+    r"(?P<block>\d{8}\.\d{1,2})_HP(?P<pixel>\d{6})\.fits?$")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,12 @@ def healpix_label(ra: float, dec: float) -> str:
 
 def chunk_key(date_obs: datetime, ra: float, dec: float) -> str:
     return f"{block_label(date_obs)}_{healpix_label(ra, dec)}"
+
+
+def key_in_telescope_name(filename: str) -> str | None:
+    """The chunk key a telescope stack's file name carries, or None."""
+    named = TELESCOPE_NAME.match(filename)
+    return f"{named['block']}_HP{named['pixel']}" if named else None
 
 
 def separation_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:

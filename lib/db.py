@@ -87,6 +87,7 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("message", _T.string(255)),      # what the stacker is doing now
         ("error", _T.text),
         ("stack_id", _T.integer),
+        ("payload", _T.text),             # JSON: what a kind of job needs beyond its chunk
         ("created_at", DOUBLE),
         ("started_at", DOUBLE),
         ("finished_at", DOUBLE),
@@ -135,7 +136,9 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
     "frames": [("session_id",), ("chunk_id",)],
     # claim: lowest rank among pending; enqueue: an owner's last place in line
     "jobs": [("status", "fair_rank", "id"), ("owner_id", "status", "fair_rank"), ("chunk_id",)],
-    "stacks": [("object",), ("owner_id",), ("job_id",)],
+    # gallery pages are keyed on id (newest first) within a filter: PostgreSQL needs the id in the index
+    "stacks": [("object",), ("owner_id",), ("job_id",), ("object", "id"), ("kind", "id"), ("owner_id", "id"),
+               ("date_beg",)],
     "stack_frames": [("stack_id",)],
 }
 

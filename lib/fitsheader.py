@@ -88,8 +88,8 @@ def _read_exactly(stream, n: int) -> bytes:
     return b"".join(parts)
 
 
-def parse(head: bytes) -> FrameHeader:
-    """Validate the header bytes of a raw frame and return what CrowdSky needs from it."""
+def _read_cards(head: bytes):
+    """(astropy Header, header length in bytes) of the header at the start of *head*."""
     length = header_length(head)
     if length is None:
         raise FrameError("the FITS header has no END card")
@@ -101,9 +101,14 @@ def parse(head: bytes) -> FrameHeader:
             _ = card.value
     except (UnicodeDecodeError, ValueError, VerifyError) as exc:
         raise FrameError(f"the FITS header cannot be read: {str(exc).splitlines()[0][:200]}") from None
-
     if header.get("SIMPLE") is not True:
         raise FrameError("not a standard FITS file (SIMPLE is not T)")
+    return header, length
+
+
+def parse(head: bytes) -> FrameHeader:
+    """Validate the header bytes of a raw frame and return what CrowdSky needs from it."""
+    header, length = _read_cards(head)
     naxis = _int(header, "NAXIS")
     if naxis != 2:
         raise FrameError(f"expected a 2-D raw Bayer frame, got NAXIS = {naxis} (colour cubes and stacks are not raw frames)")
@@ -178,3 +183,42 @@ def _date_obs(header) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)   # FITS: DATE-OBS is UTC unless it says otherwise
     return moment.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class StackHeader:
+    """What CrowdSky needs from the header of a stack made elsewhere (e.g. on the telescope)."""
+    object: str
+    telescope: str
+    instrument: str
+    ra: float
+    dec: float
+    date_obs: datetime | None      # None when the header has none (the uploader may say it)
+    header_bytes: int
+    data_bytes: int
+
+
+def parse_stack(head: bytes) -> StackHeader:
+    """Validate the header of an uploaded stack: a 2-D or 3-plane image with a pointing."""
+    header, length = _read_cards(head)
+    naxis = _int(header, "NAXIS")
+    if naxis not in (2, 3):
+        raise FrameError(f"expected a 2-D image or 3 colour planes, got NAXIS = {naxis}")
+    bitpix = _int(header, "BITPIX")
+    if bitpix not in (8, 16, 32, -32, -64):
+        raise FrameError(f"BITPIX = {bitpix} is not a FITS image type")
+    sides = [_int(header, f"NAXIS{i}") for i in range(1, naxis + 1)]
+    if not all(16 <= side <= MAX_SIDE for side in sides[:2]) or (naxis == 3 and sides[2] not in (1, 3)):
+        raise FrameError(f"image size {' x '.join(map(str, sides))} is not a plausible stack")
+    ra, dec = _number(header, "RA"), _number(header, "DEC")
+    if not 0.0 <= ra < 360.0 or not -90.0 <= dec <= 90.0:
+        raise FrameError(f"RA = {ra}, DEC = {dec} is not a position on the sky")
+    data_bytes = abs(bitpix) // 8
+    for side in sides:
+        data_bytes *= side
+    return StackHeader(
+        object=_text(header, "OBJECT") or "unknown",
+        telescope=_text(header, "TELESCOP") or _text(header, "INSTRUME") or "unknown",
+        instrument=_text(header, "INSTRUME") or "unknown", ra=ra, dec=dec,
+        date_obs=_date_obs(header) if "DATE-OBS" in header else None,
+        header_bytes=length, data_bytes=data_bytes)

@@ -41,18 +41,44 @@ def session_id(token: str | None) -> int:
 
 def raw_file(svc, owner_id: int, token: str | None, upload) -> dict:
     """One raw frame from a multipart form field (a spooled temporary file)."""
-    if upload is None or not hasattr(upload, "file"):
-        raise UploadError(400, "the form has no 'file' field")
-    body = upload.file
-    body.seek(0, 2)
-    length = body.tell()
-    body.seek(0)
+    body, length = _spooled(upload)
     result = uploads.ingest_frame(svc.db, svc.buffer, svc.settings, owner_id=owner_id,
                                   session_id=session_id(token), filename=upload.raw_filename,
                                   body=body, content_length=length)
     frame = result.frame
     return {"ok": True, "filename": frame["filename"], "chunk_key": frame["chunk_key"],
             "date_obs": frame["date_obs"], "duplicate": not result.created}
+
+
+def _spooled(upload):
+    """(file object, length) of a multipart form file, which Bottle has spooled to memory or disk."""
+    if upload is None or not hasattr(upload, "file"):
+        raise UploadError(400, "the form has no 'file' field")
+    body = upload.file
+    body.seek(0, 2)
+    length = body.tell()
+    body.seek(0)
+    return body, length
+
+
+def _count(form, name: str) -> int | None:
+    value = (form.get(name) or "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise UploadError(400, f"{name} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
+def upload_stack(svc, owner_id: int, upload, form) -> dict:
+    """A stack made on the telescope; queued for post-processing (preview, metadata, location
+    removal — always done: CrowdSky never keeps an observer's location, so scrub_location is moot)."""
+    body, length = _spooled(upload)
+    details = {"frames_input": _count(form, "n_frames_input"), "frames_aligned": _count(form, "n_frames_aligned"),
+               "date_beg": form.get("date_obs_start") or None, "date_end": form.get("date_obs_end") or None}
+    queued = uploads.ingest_telescope_stack(svc, owner_id, filename=upload.raw_filename, body=body,
+                                            content_length=length, details=details)
+    return {"ok": True, "job_id": queued["job_id"], "chunk_key": queued["chunk_key"], "status": "queued"}
 
 
 def raw_finalize(svc, owner_id: int, token: str | None, overwrite: bool) -> dict:

@@ -28,8 +28,12 @@ class StackSummary:
     noise: float | None
     verdicts: list[dict] = field(default_factory=list)   # one per input frame, in input order
 
+    frames_input: int | None = None          # when the stack says how many frames went in
+
     @property
     def frames_rejected(self) -> int:
+        if self.frames_input is not None:
+            return max(0, self.frames_input - self.frames_used)
         return sum(1 for v in self.verdicts if not v["used"])
 
 
@@ -63,7 +67,7 @@ def read_summary(fits_path) -> StackSummary:
             date_beg=str(header["DATE-BEG"]), date_end=str(header["DATE-END"]),
             fwhm_px=_finite(header.get("FWHM", _median([v["fwhm_px"] for v in verdicts if v["used"]]))),
             noise=_finite(header.get("BGNOISE")),
-            verdicts=verdicts)
+            verdicts=verdicts, frames_input=header.get("NINPUT"))
 
 
 def _median(values):

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import uuid
 
 import sqlalchemy as sa
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from lib import chunks, queue, stacks
 from lib.db import now
-from lib.fitsheader import FrameError, FrameHeader, parse, read_header_bytes
+from lib.fitsheader import FrameError, FrameHeader, parse, parse_stack, read_header_bytes
 
 OPEN, FINALIZED, EXPIRED = "open", "finalized", "expired"
 _FILENAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")
@@ -79,6 +81,15 @@ def ingest_frame(db, buffer, settings, *, owner_id: int, session_id: int, filena
     session = get_session(db, owner_id, session_id)
     if session["status"] != OPEN:
         raise UploadError(409, f"upload session {session_id} is {session['status']}; start a new one")
+    head, header = _read_header(db, settings, owner_id, filename, body, content_length, parse)
+
+    def record(key, size, sha):
+        return _record_frame(db, owner_id, session_id, filename, key, size, sha, header)
+    return _stream_and_record(buffer, raw_key(owner_id, session_id), head, body, content_length, record)
+
+
+def _read_header(db, settings, owner_id, filename, body, content_length, parser):
+    """Check the request's size against the limits, then read and validate the FITS header."""
     check_filename(filename)
     if content_length is None:
         raise UploadError(411, "the upload needs a Content-Length")
@@ -89,28 +100,34 @@ def ingest_frame(db, buffer, settings, *, owner_id: int, session_id: int, filena
     used = stored_bytes(db, owner_id)
     if used + content_length > settings.quota_bytes:
         raise UploadError(413, f"this upload would pass your storage quota ({used} of {settings.quota_bytes} bytes used)")
-
     try:
         head = read_header_bytes(body, limit=content_length)
-        header = parse(head)
+        header = parser(head)
     except FrameError as exc:
         raise UploadError(400, f"{filename}: {exc}") from None
-    if content_length < header.min_file_bytes:
+    needed = header.header_bytes + header.data_bytes
+    if content_length < needed:
         raise UploadError(400, f"{filename}: the file is truncated: its header describes "
-                               f"{header.min_file_bytes} bytes but the upload has {content_length}")
+                               f"{needed} bytes but the upload has {content_length}")
+    return head, header
 
-    key = raw_key(owner_id, session_id)
+
+def _stream_and_record(buffer, key, head, body, content_length, record) -> Ingested:
+    """Stream the body into the buffer under *key*, then ``record(key, size, sha256)`` its row.
+
+    Whatever goes wrong after the first byte is stored, the object is removed again, and a
+    repeat of bytes already recorded keeps the first copy only.
+    """
     reader = _CheckedReader(head, body, content_length)
     buffer.put(key, reader, length=content_length)
     try:
         reader.verify_complete()
-        result = _record_frame(db, owner_id, session_id, filename, key, reader.count,
-                               reader.sha256.hexdigest(), header)
+        result = record(key, reader.count, reader.sha256.hexdigest())
     except BaseException:
-        buffer.delete(key)           # nothing stays behind that no row points to
+        buffer.delete(key)
         raise
     if not result.created:
-        buffer.delete(key)           # the owner sent these bytes before: keep the first copy
+        buffer.delete(key)
     return result
 
 
@@ -141,6 +158,53 @@ def _record_frame(db, owner_id, session_id, filename, key, size, sha, header: Fr
             raise
         return Ingested(frame_view(db, existing), created=False)
     return Ingested(frame_view(db, db["frames"].find_one(id=frame_id)), created=True)
+
+
+def ingest_telescope_stack(svc, owner_id: int, *, filename: str, body, content_length: int | None,
+                           details: dict) -> dict:
+    """A stack made on the telescope: stored in the buffer like a frame, in a session of its own,
+    and queued as an ``import`` job that turns it into a CrowdSky stack of this owner's.
+
+    *details* are what the uploader says about it: frames_input, frames_aligned, date_beg, date_end.
+    """
+    head, header = _read_header(svc.db, svc.settings, owner_id, filename, body, content_length, parse_stack)
+    date_obs = header.date_obs
+    if date_obs is None and details.get("date_beg"):
+        try:
+            date_obs = datetime.fromisoformat(details["date_beg"].rstrip("Z")).replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise UploadError(400, f"date_obs_start {details['date_beg']!r} is not an ISO-8601 time") from None
+    if date_obs is None:
+        raise UploadError(400, f"{filename}: DATE-OBS is missing and no date_obs_start was given")
+    session_id = create_session(svc.db, owner_id)
+
+    def record(key, size, sha):
+        with svc.db as tx:
+            chunk_id = tx["chunks"].insert({
+                "owner_id": owner_id, "session_id": session_id,
+                "chunk_key": chunks.key_in_telescope_name(filename) or chunks.chunk_key(date_obs, header.ra, header.dec),
+                "telescope": header.telescope, "object": header.object, "ra": header.ra, "dec": header.dec,
+                "created_at": now()})
+            tx["frames"].insert({
+                "owner_id": owner_id, "session_id": session_id, "chunk_id": chunk_id, "buffer_key": key,
+                "sha256": sha, "filename": filename, "size": size, "object": header.object,
+                "telescope": header.telescope, "instrument": header.instrument,
+                "date_obs": date_obs.isoformat(), "ra": header.ra, "dec": header.dec,
+                "status": "buffered", "created_at": now()})
+            tx["upload_sessions"].update({"id": session_id, "status": FINALIZED, "finalized_at": now(),
+                                          "updated_at": now()}, ["id"])
+            job_id = queue.enqueue(tx, kind="import", chunk_id=chunk_id, owner_id=owner_id,
+                                   max_attempts=svc.settings.max_attempts)
+            tx["jobs"].update({"id": job_id, "payload": json.dumps(details)}, ["id"])
+        return Ingested({"job_id": job_id, "chunk_id": chunk_id}, created=True)
+
+    try:
+        ingested = _stream_and_record(svc.buffer, raw_key(owner_id, session_id), head, body,
+                                      content_length, record)
+    except sa.exc.IntegrityError:
+        raise UploadError(409, f"{filename}: you uploaded this very file before") from None
+    chunk = svc.db["chunks"].find_one(id=ingested.frame["chunk_id"])
+    return {"job_id": ingested.frame["job_id"], "chunk_key": chunk["chunk_key"]}
 
 
 def _file_into_chunk(tx, owner_id: int, session_id: int, header: FrameHeader) -> int:

@@ -7,6 +7,7 @@ stack them while a heartbeat keeps the lease, then complete or fail.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 from lib import jobs, queue
 from lib.db import release
 from lib.stacking import StackingError, stack_files
+from lib.stacking.imported import read_telescope_stack
 
 log = logging.getLogger("crowdsky.stacker")
 
@@ -147,7 +149,8 @@ def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
     def progress(fraction: float, message: str) -> None:
         beat.update(0.2 + 0.75 * fraction, message)
 
-    result = stack_files(paths, names=[f["filename"] for f in frames], progress=progress)
+    names = [f["filename"] for f in frames]
+    result = MAKERS[lease.job["kind"]](paths, names, json.loads(lease.job.get("payload") or "{}"), progress)
     fits_path, preview_path = workdir / "stack.fits", workdir / "preview.png"
     result.write_fits(fits_path)
     result.write_preview(preview_path)
@@ -155,8 +158,23 @@ def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
     stack_id = source.complete(lease, fits_path, preview_path)
     if stack_id is None:
         raise LeaseLost(f"job {lease.job_id} was taken over before it completed")
-    log.info("job %s: done, stack %s (%d of %d frames used)", lease.job_id, stack_id,
-             result.ncombine, len(frames))
+    log.info("job %s: done, stack %s", lease.job_id, stack_id)
+
+
+def _stack_chunk(paths, names, payload, progress):
+    """A chunk job: the owner's raw frames, stacked."""
+    return stack_files(paths, names=names, progress=progress)
+
+
+def _import_telescope_stack(paths, names, payload, progress):
+    """An import job: one stack made on the telescope, made into a CrowdSky stack."""
+    progress(0.5, "reading the telescope's stack")
+    return read_telescope_stack(paths[0], name=names[0], **payload)
+
+
+# What each kind of job makes of its inputs: (paths, names, payload, progress) -> a result with
+# write_fits(path) and write_preview(path).
+MAKERS = {"chunk": _stack_chunk, "import": _import_telescope_stack}
 
 
 def run_loop(source, worker: str, *, lease_seconds: float, poll_seconds: float,
