@@ -113,7 +113,25 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("fits_size", _T.bigint),
         ("fwhm_px", DOUBLE),
         ("noise", DOUBLE),
+        ("version", _T.integer),          # deep/crowd: bumped by every update (see lib/groups.py)
+        ("nights", _T.integer),           # deep/crowd: nights and owners that contributed
+        ("owners", _T.integer),
         ("created_at", DOUBLE),
+    ],
+    "contributions": [                    # what went into a deep or crowd stack
+        ("group_id", _T.integer),
+        ("source_id", _T.integer),        # the chunk stack added
+        ("owner_id", _T.integer),
+        ("frames", _T.integer),
+        ("exposure_s", DOUBLE),
+        ("date_beg", _T.string(32)),
+        ("date_end", _T.string(32)),
+        ("scale", DOUBLE),                # brightness factor that put it on the group's scale
+        ("created_at", DOUBLE),
+    ],
+    "locks": [                            # rows to take a write lock on (see lib/groups.py)
+        ("name", _T.string(32)),
+        ("taken_at", DOUBLE),
     ],
     "stack_frames": [
         ("stack_id", _T.integer),
@@ -140,13 +158,18 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
     "stacks": [("object",), ("owner_id",), ("job_id",), ("object", "id"), ("kind", "id"), ("owner_id", "id"),
                ("date_beg",)],
     "stack_frames": [("stack_id",)],
+    "contributions": [("group_id",), ("source_id",), ("owner_id",)],
 }
+
+LOCKS = ("groups",)
 
 UNIQUE: dict[str, list[tuple[str, ...]]] = {
     "users": [("username",)],
     "api_tokens": [("token_hash",)],
     "frames": [("owner_id", "sha256")],  # an owner's identical bytes are one frame
     "stacks": [("job_id",)],          # a job produces at most one stack, whoever completes it
+    "contributions": [("group_id", "source_id")],   # a chunk stack is added to a group once
+    "locks": [("name",)],
 }
 
 
@@ -185,6 +208,13 @@ def ensure_schema(db: dataset.Database) -> None:
             table.create_index(list(columns))
         for columns in UNIQUE.get(name, []):
             _unique_index(db, name, columns)
+    for lock in LOCKS:
+        if db["locks"].find_one(name=lock) is None:
+            try:
+                db["locks"].insert({"name": lock, "taken_at": 0.0})
+            except sa.exc.IntegrityError:    # another process starting at the same moment made it
+                pass
+    release(db)
 
 
 def _unique_index(db: dataset.Database, table: str, columns: tuple[str, ...]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import logging
 
-from lib import queue, stacks
+from lib import groups, queue, stacks
 from lib.storage import StorageError
 
 log = logging.getLogger("crowdsky.jobs")
@@ -25,12 +25,29 @@ def chunk_frames(db, chunk_id: int) -> list[dict]:
     return [dict(r) for r in db["frames"].find(chunk_id=chunk_id, status="buffered", order_by="id")]
 
 
-def complete_chunk_job(db, buffer, archive, lease, fits_path, preview_path) -> int | None:
+def job_inputs(db, job: dict) -> list[dict]:
+    """The files a job reads: ``{"id", "filename", "store" ("buffer"/"archive"), "key", "size"}``."""
+    if job["kind"] in (groups.DEEP, groups.CROWD):
+        return groups.inputs(db, job)
+    return [{"id": f"frame-{f['id']}", "filename": f["filename"], "store": "buffer", "key": f["buffer_key"],
+             "size": f["size"]} for f in chunk_frames(db, job["chunk_id"])]
+
+
+def complete_job(svc, lease, fits_path, preview_path) -> int | None:
+    """Record a finished job's result, whatever its kind; None when the lease had been lost."""
+    if lease.job["kind"] in (groups.DEEP, groups.CROWD):
+        return groups.complete_group_job(svc.db, svc.archive, lease, fits_path, preview_path)
+    return complete_chunk_job(svc, lease, fits_path, preview_path)
+
+
+def complete_chunk_job(svc, lease, fits_path, preview_path) -> int | None:
     """Archive a finished chunk stack, record it, and drop the raws it no longer needs.
 
     Returns the stack id, or None when the lease had been lost (the outputs are then removed again:
-    the stacker that took over writes its own).
+    the stacker that took over writes its own). The owner's deep stack (and the crowd's, if the
+    owner shares) are queued to take the new stack in, in the same transaction.
     """
+    db, buffer, archive = svc.db, svc.buffer, svc.archive
     job = lease.job
     chunk = db["chunks"].find_one(id=job["chunk_id"])
     frames = chunk_frames(db, chunk["id"])
@@ -43,8 +60,12 @@ def complete_chunk_job(db, buffer, archive, lease, fits_path, preview_path) -> i
     with open(preview_path, "rb") as f:
         archive.put(preview_key, f)
 
-    stack_id = queue.complete(db, lease, lambda tx: stacks.record_chunk_stack(
-        tx, job, chunk, frames, summary, fits_key, preview_key, fits_size))
+    def record(tx) -> int:
+        stack_id = stacks.record_chunk_stack(tx, job, chunk, frames, summary, fits_key, preview_key, fits_size)
+        groups.plan(tx, stack_id, svc.settings)
+        return stack_id
+
+    stack_id = queue.complete(db, lease, record)
     if stack_id is None:
         _delete_quietly(archive, [fits_key, preview_key])
         return None

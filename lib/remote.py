@@ -50,13 +50,13 @@ class RemoteSource:
         data = response.json()
         return Lease(job_id=data["job"]["id"], token=data["lease"], job=data["job"], expires=data["expires"])
 
-    def frames(self, lease) -> list[dict]:
-        response = self._call("GET", f"/jobs/{lease.job_id}/frames", params={"lease": lease.token})
+    def inputs(self, lease) -> list[dict]:
+        response = self._call("GET", f"/jobs/{lease.job_id}/inputs", params={"lease": lease.token})
         response.raise_for_status()
-        return response.json()["frames"]
+        return response.json()["inputs"]
 
-    def fetch(self, lease, frame: dict, dest: Path) -> None:
-        path = f"/jobs/{lease.job_id}/frames/{frame['id']}"
+    def fetch(self, lease, item: dict, dest: Path) -> None:
+        path = f"/jobs/{lease.job_id}/inputs/{item['id']}"
         with self._call("GET", path, params={"lease": lease.token}, stream=True) as response:
             response.raise_for_status()
             with open(dest, "wb") as out:

@@ -11,8 +11,9 @@ from lib.uploads import UploadError
 
 
 def stack_listing(db, owner_id: int, object_name: str | None) -> list[dict]:
-    """The caller's stacks, newest first, in the field names the client reads."""
-    sql = "SELECT * FROM stacks WHERE owner_id = :owner"
+    """The caller's chunk stacks, newest first, in the field names the client reads (the original
+    service had no deep or crowd stacks; their keys are not chunk keys)."""
+    sql = "SELECT * FROM stacks WHERE owner_id = :owner AND kind = 'chunk'"
     params = {"owner": owner_id}
     if object_name:
         sql += " AND LOWER(object) = LOWER(:object)"
@@ -27,7 +28,7 @@ def stack_listing(db, owner_id: int, object_name: str | None) -> list[dict]:
 
 def stack_for_key(db, owner_id: int, chunk_key: str) -> dict:
     """The caller's newest stack with *chunk_key*."""
-    row = db["stacks"].find_one(owner_id=owner_id, chunk_key=chunk_key, order_by="-id")
+    row = db["stacks"].find_one(owner_id=owner_id, chunk_key=chunk_key, kind="chunk", order_by="-id")
     if row is None:
         raise UploadError(404, f"you have no stack with chunk key {chunk_key!r}")
     return row

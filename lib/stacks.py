@@ -122,20 +122,21 @@ def delete_stack(db, archive, stack: dict) -> None:
 # --- who sees what -----------------------------------------------------------------------------
 
 def visible_to(db, viewer_id: int | None) -> tuple[str, dict]:
-    """SQL condition (on table alias ``s``) for the stacks *viewer_id* may see: their own, and
-    those of owners who share with the crowd."""
-    condition = "(u.share_with_crowd = :true"
+    """SQL condition (on ``stacks s LEFT JOIN users u ON u.id = s.owner_id``) for the stacks
+    *viewer_id* may see: their own, those of owners who share with the crowd, and crowd stacks
+    (which hold nothing but sharing owners' data). A deep or crowd stack shows once it has an image."""
+    condition = "(s.fits_key IS NOT NULL AND (s.kind = 'crowd' OR u.share_with_crowd = :true"
     params = {"true": True}
     if viewer_id is not None:
         condition += " OR s.owner_id = :viewer"
         params["viewer"] = viewer_id
-    return condition + ")", params
+    return condition + "))", params
 
 
 def list_stacks(db, viewer_id: int | None, *, object_name: str | None = None,
                 limit: int = 60, offset: int = 0) -> list[dict]:
     condition, params = visible_to(db, viewer_id)
-    sql = ("SELECT s.*, u.username AS owner FROM stacks s JOIN users u ON u.id = s.owner_id "
+    sql = ("SELECT s.*, u.username AS owner FROM stacks s LEFT JOIN users u ON u.id = s.owner_id "
            f"WHERE {condition}")
     if object_name:
         sql += " AND LOWER(s.object) = LOWER(:object)"
@@ -147,14 +148,14 @@ def list_stacks(db, viewer_id: int | None, *, object_name: str | None = None,
 
 def get_stack(db, viewer_id: int | None, stack_id: int) -> dict | None:
     condition, params = visible_to(db, viewer_id)
-    rows = list(db.query("SELECT s.*, u.username AS owner FROM stacks s JOIN users u ON u.id = s.owner_id "
+    rows = list(db.query("SELECT s.*, u.username AS owner FROM stacks s LEFT JOIN users u ON u.id = s.owner_id "
                          f"WHERE s.id = :id AND {condition}", id=stack_id, **params))
     return dict(rows[0]) if rows else None
 
 
 def objects(db, viewer_id: int | None) -> list[str]:
     condition, params = visible_to(db, viewer_id)
-    rows = db.query("SELECT DISTINCT s.object FROM stacks s JOIN users u ON u.id = s.owner_id "
+    rows = db.query("SELECT DISTINCT s.object FROM stacks s LEFT JOIN users u ON u.id = s.owner_id "
                     f"WHERE {condition} ORDER BY s.object", **params)
     return [r["object"] for r in rows]
 
@@ -170,6 +171,7 @@ def api_view(stack: dict, base_url: str = "") -> dict:
         "frames": stack["frames"], "frames_rejected": stack["frames_rejected"],
         "exposure_s": stack["exposure_s"], "date_beg": stack["date_beg"], "date_end": stack["date_end"],
         "fwhm_px": stack["fwhm_px"], "noise": stack["noise"],
+        "nights": stack.get("nights"), "owners": stack.get("owners"),
         "fits_url": f"{base_url}/stacks/{stack['id']}/stack.fits",
         "preview_url": f"{base_url}/stacks/{stack['id']}/preview.png",
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 from lib import jobs, queue
 from lib.db import release
 from lib.stacking import StackingError, stack_files
+from lib.stacking.group_files import update_group
 from lib.stacking.imported import read_telescope_stack
 
 log = logging.getLogger("crowdsky.stacker")
@@ -43,21 +44,20 @@ class DirectSource:
     def claim(self, worker: str):
         return queue.claim(self.db, worker, self.settings.lease_seconds)
 
-    def frames(self, lease) -> list[dict]:
-        return [{"id": f["id"], "filename": f["filename"]}
-                for f in jobs.chunk_frames(self.db, lease.job["chunk_id"])]
+    def inputs(self, lease) -> list[dict]:
+        return jobs.job_inputs(self.db, lease.job)
 
-    def fetch(self, lease, frame: dict, dest: Path) -> None:
-        key = self.db["frames"].find_one(id=frame["id"])["buffer_key"]
+    def fetch(self, lease, item: dict, dest: Path) -> None:
+        store = self.buffer if item["store"] == "buffer" else self.archive
         with open(dest, "wb") as out:
-            for part in self.buffer.iter_bytes(key):
+            for part in store.iter_bytes(item["key"]):
                 out.write(part)
 
     def heartbeat(self, lease, progress: float, message: str) -> bool:
         return queue.heartbeat(self.db, lease, progress, message, self.settings.lease_seconds)
 
     def complete(self, lease, fits_path: Path, preview_path: Path) -> int | None:
-        return jobs.complete_chunk_job(self.db, self.buffer, self.archive, lease, fits_path, preview_path)
+        return jobs.complete_job(self.svc, lease, fits_path, preview_path)
 
     def fail(self, lease, error: str, permanent: bool) -> str | None:
         return queue.fail(self.db, lease, error, self.settings.retry_backoff_seconds, permanent=permanent)
@@ -136,21 +136,21 @@ def run_once(source, worker: str, *, lease_seconds: float) -> bool:
 
 
 def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
-    frames = source.frames(lease)
-    if not frames:
+    inputs = source.inputs(lease)
+    if not inputs:
         raise StackingError("the chunk has no frames left in the buffer")
     paths = []
-    for i, frame in enumerate(frames, start=1):
-        beat.update(0.2 * (i - 1) / len(frames), f"downloading frame {i}/{len(frames)}")
-        path = workdir / f"frame{i:05d}.fits"
-        source.fetch(lease, frame, path)
+    for i, item in enumerate(inputs, start=1):
+        beat.update(0.2 * (i - 1) / len(inputs), f"downloading {i}/{len(inputs)}")
+        path = workdir / f"input{i:05d}.fits"
+        source.fetch(lease, item, path)
         paths.append(path)
 
     def progress(fraction: float, message: str) -> None:
         beat.update(0.2 + 0.75 * fraction, message)
 
-    names = [f["filename"] for f in frames]
-    result = MAKERS[lease.job["kind"]](paths, names, json.loads(lease.job.get("payload") or "{}"), progress)
+    kind = lease.job["kind"]
+    result = MAKERS[kind](paths, inputs, json.loads(lease.job.get("payload") or "{}"), kind, progress)
     fits_path, preview_path = workdir / "stack.fits", workdir / "preview.png"
     result.write_fits(fits_path)
     result.write_preview(preview_path)
@@ -161,20 +161,26 @@ def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
     log.info("job %s: done, stack %s", lease.job_id, stack_id)
 
 
-def _stack_chunk(paths, names, payload, progress):
+def _stack_chunk(paths, inputs, payload, kind, progress):
     """A chunk job: the owner's raw frames, stacked."""
-    return stack_files(paths, names=names, progress=progress)
+    return stack_files(paths, names=[item["filename"] for item in inputs], progress=progress)
 
 
-def _import_telescope_stack(paths, names, payload, progress):
+def _import_telescope_stack(paths, inputs, payload, kind, progress):
     """An import job: one stack made on the telescope, made into a CrowdSky stack."""
     progress(0.5, "reading the telescope's stack")
-    return read_telescope_stack(paths[0], name=names[0], **payload)
+    return read_telescope_stack(paths[0], name=inputs[0]["filename"], **payload)
 
 
-# What each kind of job makes of its inputs: (paths, names, payload, progress) -> a result with
-# write_fits(path) and write_preview(path).
-MAKERS = {"chunk": _stack_chunk, "import": _import_telescope_stack}
+def _update_group(paths, inputs, payload, kind, progress):
+    """A deep or crowd job: one new chunk stack added to the group's running sum."""
+    by_id = {item["id"]: path for item, path in zip(inputs, paths)}
+    return update_group(by_id.get("group"), by_id["source"], kind, progress)
+
+
+# What each kind of job makes of its inputs: (paths, inputs, payload, kind, progress) -> a result
+# with write_fits(path) and write_preview(path).
+MAKERS = {"chunk": _stack_chunk, "import": _import_telescope_stack, "deep": _update_group, "crowd": _update_group}
 
 
 def run_loop(source, worker: str, *, lease_seconds: float, poll_seconds: float,

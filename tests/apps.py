@@ -58,6 +58,16 @@ class Deployment:
         return subprocess.run([sys.executable, *args], cwd=ROOT, env={**self.env, **(extra_env or {})},
                               capture_output=True, text=True, timeout=timeout)
 
+    def drain_queue(self, limit: int = 30) -> int:
+        """Run ``stacker.py --once`` until no job is pending (chunk jobs, then the deep and crowd
+        jobs they queue); returns how many jobs ran."""
+        for ran in range(limit):
+            done = self.run("stacker.py", "--once")
+            assert done.returncode == 0, done.stderr[-3000:]
+            if "no pending job" in done.stdout:
+                return ran
+        raise AssertionError(f"the queue did not drain in {limit} runs")
+
     def user(self, username: str, password: str = "correct horse battery") -> "ApiUser":
         response = requests.post(self.url + "/api/v1/register", json={"username": username, "password": password})
         assert response.status_code == 201, response.text

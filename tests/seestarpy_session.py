@@ -57,7 +57,7 @@ def session(d: Deployment, workdir: Path) -> dict:
     except Exception as exc:                      # the client raises on any 4xx
         seen["no_date_obs"] = f"{type(exc).__name__}: {exc}"
     seen["finalize"] = server.raw_finalize(token, scrub_location=True)
-    seen["stacker"] = d.run("stacker.py", "--once").returncode
+    seen["stacker"] = d.drain_queue()
 
     seen["stacks"] = server.list_stacks()
     seen["stacks_m94"] = server.list_stacks("M 94")
@@ -90,7 +90,7 @@ def session(d: Deployment, workdir: Path) -> dict:
     telescope_name = workdir / "CrowdSky_4_M 94_10.0s_IRCUT_20250409.83_HP033810.fit"
     shutil.copy(made, telescope_name)
     seen["upload_stack"] = server.upload_stack(telescope_name, n_frames_input=5, n_frames_aligned=4)
-    seen["stacker_import"] = d.run("stacker.py", "--once").returncode
+    seen["stacker_import"] = d.drain_queue()
     seen["stacks_after_import"] = server.list_stacks()
     return seen
 

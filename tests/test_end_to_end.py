@@ -67,18 +67,20 @@ def check_flow(d: Deployment) -> None:
     assert all(j["status"] == "pending" for j in jobs)
     assert alice.post(f"/api/v1/sessions/{session}/finalize").status_code == 409
 
-    for _ in jobs:
-        ran = d.run("stacker.py", "--once")
-        assert ran.returncode == 0, ran.stderr[-3000:]
-    assert "no pending job" in d.run("stacker.py", "--once").stdout
+    # Two chunk jobs, then the owner's deep stack takes in both nights (one target, 0.06° apart).
+    assert d.drain_queue() == 4
 
     for job in jobs:
         state = alice.get(f"/api/v1/jobs/{job['id']}").json()
         assert state["status"] == "done", state
         assert state["progress"] == 1.0 and state["stack_id"]
 
-    listing = alice.get("/api/v1/stacks", params={"object": "M 94"}).json()["stacks"]
+    everything = alice.get("/api/v1/stacks", params={"object": "M 94"}).json()["stacks"]
+    listing = [s for s in everything if s["kind"] == "chunk"]
     assert len(listing) == 2
+    deep = [s for s in everything if s["kind"] == "deep"]
+    assert len(deep) == 1 and deep[0]["nights"] == 2
+    assert deep[0]["frames"] == sum(s["frames"] for s in listing)
     assert alice.get("/api/v1/stacks", params={"object": "M 31"}).json()["stacks"] == []
     for stack in listing:
         detail = alice.get(f"/api/v1/stacks/{stack['id']}").json()

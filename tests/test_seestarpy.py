@@ -35,7 +35,7 @@ def test_raw_frames_upload_finalize_and_stack(client_run):
     finalize = client_run["finalize"]
     assert finalize["ok"] and finalize["jobs"] == 1 and finalize["chunks"] == ["20250327.23_HP033810"]
     assert len(finalize["job_ids"]) == 1 and finalize["skipped"] == []
-    assert client_run["stacker"] == 0
+    assert client_run["stacker"] >= 1
 
 
 def test_list_and_download(client_run):
@@ -58,6 +58,6 @@ def test_upload_stack_made_elsewhere(client_run):
     queued = client_run["upload_stack"]
     assert queued["ok"] and queued["status"] == "queued" and queued["chunk_key"] == "20250409.83_HP033810"
     assert isinstance(queued["job_id"], int)
-    assert client_run["stacker_import"] == 0
+    assert client_run["stacker_import"] >= 1
     imported = [s for s in client_run["stacks_after_import"] if s["chunk_key"] == "20250409.83_HP033810"]
     assert len(imported) == 1 and imported[0]["n_frames"] == 4 and imported[0]["n_frames_rejected"] == 1

@@ -1,0 +1,137 @@
+"""Deep and crowd stacks: chunk stacks of one patch of sky, added up on one grid.
+
+A deep (one owner) or crowd (many owners) stack is kept as a running weighted *sum* and *weight*
+map on the grid of its first contribution, so a new chunk stack is added without re-reading any
+earlier one:
+
+    sum    += w · (scale · (stack − sky))        (after warping onto the grid)
+    weight += w                                   w = coverage fraction / (scale · σ)²
+    image   = sum / weight
+
+``scale`` puts the newcomer on the grid's brightness scale (median flux ratio of paired stars), and
+σ is its sky noise, so each pixel is an inverse-variance weighted mean: a plain mean of stacks of
+different depth would be noisier than the deepest of them. Stacks from different telescopes
+(S50, S30, S30 Pro: other pixel scales and frame sizes) register by a similarity transform with
+scale; one that does not register is refused with the reason.
+
+Arrays: images (3, H, W) float32, maps (H, W) float32; star positions in pixels (x = column).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .normalize import sky_level_and_noise
+from .register import RegistrationError, apply_matrix, find_registration, warp
+from .stars import StarField, aperture_fluxes, detect_stars
+
+ADU = 65535.0                 # stacks are stored in ADU/65535; star detection works in ADU
+MAX_SCALE_ERROR = 0.8         # S50 vs S30 pixel scales differ by ~1.7x: allow them, refuse wilder fits
+MAX_RESIDUAL_PX = 1.5         # stacks of different nights and telescopes agree less well than frames
+
+
+@dataclass(frozen=True)
+class StackMeasure:
+    """What registration and weighting need to know about one stack.
+
+    stars: luminance stars (positions in this stack's pixels, fluxes in ADU); sky: (3,) per-channel
+    sky level; noise: sky noise of the luminance, same units as the image.
+    """
+    stars: StarField
+    sky: np.ndarray
+    noise: float
+
+
+@dataclass
+class Running:
+    """The running state of a deep or crowd stack on its grid."""
+    total: np.ndarray             # (3, H, W) weighted sum of sky-subtracted, scaled contributions
+    weight: np.ndarray            # (H, W) sum of weights
+    ref_xy: np.ndarray            # (n, 2) the grid's stars, for registering newcomers
+    ref_flux: np.ndarray          # (n,) their luminance fluxes, the grid's brightness scale
+
+    @property
+    def image(self) -> np.ndarray:
+        """(3, H, W) float32 weighted mean; 0 where nothing contributes."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.total / self.weight
+        return np.where(self.weight > 0, mean, 0.0).astype(np.float32)
+
+
+def luminance(image: np.ndarray) -> np.ndarray:
+    """(H, W) float32 mean of the three planes of a (3, H, W) image."""
+    return image.mean(axis=0, dtype=np.float32)
+
+
+def measure(image: np.ndarray) -> StackMeasure:
+    """Stars, sky and noise of a (3, H, W) stack in ADU/65535."""
+    lum = luminance(image) * np.float32(ADU)
+    stars = detect_stars(lum, max_stars=300, saturation=0.9 * ADU)
+    sky = np.array([sky_level_and_noise(plane)[0] for plane in image])
+    _, noise = sky_level_and_noise(lum)
+    return StackMeasure(stars=stars, sky=sky, noise=noise / ADU)
+
+
+def register_onto(stack: StackMeasure, running: Running) -> np.ndarray:
+    """(2, 3) matrix taking the stack's pixels onto the grid; RegistrationError if none is found."""
+    registration = find_registration(stack.stars.xy, running.ref_xy, stack.stars.flux,
+                                     max_scale_error=MAX_SCALE_ERROR, max_residual_px=MAX_RESIDUAL_PX)
+    return registration.matrix
+
+
+def flux_scale(stack_lum: np.ndarray, stack: StackMeasure, matrix: np.ndarray, running: Running) -> float:
+    """Factor putting the stack on the grid's brightness scale: median ratio of paired star fluxes.
+
+    Fluxes are measured in apertures scaled with the transform, so a telescope with a finer pixel
+    scale (more pixels per star) compares like with like.
+    """
+    pixel_scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))        # grid px per stack px
+    radius = 3.0 * max(float(np.nan_to_num(stack.stars.fwhm_px, nan=3.0)), 1.5)
+    on_grid = apply_matrix(matrix, stack.stars.xy)
+    nearest = np.linalg.norm(on_grid[:, None, :] - running.ref_xy[None, :, :], axis=2)
+    pairs = [(i, int(np.argmin(row))) for i, row in enumerate(nearest) if row.min() < 2.0]
+    if len(pairs) < 3:
+        raise RegistrationError(f"cannot compare brightness: only {len(pairs)} stars pair with the grid")
+    mine = aperture_fluxes(stack_lum, stack.stars.x[[i for i, _ in pairs]],
+                           stack.stars.y[[i for i, _ in pairs]], radius)
+    theirs = running.ref_flux[[j for _, j in pairs]]
+    good = (mine > 0) & (theirs > 0)
+    if good.sum() < 3:
+        raise RegistrationError("cannot compare brightness: too few stars with flux in both")
+    # Fluxes are in ADU·pixel: a stack whose pixels are smaller spreads the same light over more of them.
+    return float(np.median(theirs[good] / mine[good])) * pixel_scale ** 2
+
+
+def start(image: np.ndarray, coverage: np.ndarray, stack: StackMeasure) -> Running:
+    """A new running stack on this stack's own grid."""
+    weight = _weights(coverage, stack.noise)
+    total = (image - stack.sky[:, None, None].astype(np.float32)) * weight
+    lum = luminance(image) * np.float32(ADU)
+    radius = 3.0 * max(float(np.nan_to_num(stack.stars.fwhm_px, nan=3.0)), 1.5)
+    flux = aperture_fluxes(lum, stack.stars.x, stack.stars.y, radius)
+    return Running(total=total.astype(np.float32), weight=weight, ref_xy=stack.stars.xy, ref_flux=flux)
+
+
+def add(running: Running, image: np.ndarray, coverage: np.ndarray, stack: StackMeasure) -> float:
+    """Register *image* onto the running stack and add it in place; returns the brightness scale used."""
+    matrix = register_onto(stack, running)
+    scale = flux_scale(luminance(image) * np.float32(ADU), stack, matrix, running)
+    shape = running.weight.shape
+    cover = warp(coverage.astype(np.float32), matrix, shape, "cubic")
+    weight = _weights(np.nan_to_num(cover, nan=0.0), stack.noise * scale)
+    for c in range(3):
+        plane = warp(((image[c] - np.float32(stack.sky[c])) * np.float32(scale)).astype(np.float32),
+                     matrix, shape, "cubic")
+        ok = np.isfinite(plane)
+        running.total[c][ok] += plane[ok] * weight[ok]
+    running.weight += np.where(np.isfinite(cover), weight, 0.0).astype(np.float32)
+    return scale
+
+
+def _weights(coverage: np.ndarray, noise: float) -> np.ndarray:
+    """(H, W) inverse-variance weight: a pixel covered by a fraction f of the stack's frames has
+    variance σ²/f, where σ is the sky noise of the fully covered stack."""
+    full = max(float(np.nanmax(coverage)), 1.0)
+    fraction = np.clip(coverage / full, 0.0, 1.0)
+    return (fraction / max(noise, 1e-12) ** 2).astype(np.float32)

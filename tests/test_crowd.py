@@ -1,0 +1,114 @@
+"""Deep and crowd stacks with the real M 94 frames: two owners, two telescopes, two nights."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from lib.stacking import deep
+from lib.stacking.normalize import sky_level_and_noise
+from tests.frames import NIGHT_1, NIGHT_2, real_frames
+
+
+def upload_night(user, night):
+    session = user.new_session()
+    for path in real_frames(night):
+        assert user.put_frame(session, path.name, path.read_bytes()).status_code == 201
+    assert user.post(f"/api/v1/sessions/{session}/finalize").status_code == 200
+
+
+def fits_of(user, stack) -> fits.HDUList:
+    return fits.open(io.BytesIO(user.get(stack["fits_url"]).content))
+
+
+def normalised_noise(image: np.ndarray, reference: deep.Running) -> float:
+    """Sky noise of an image on the reference's brightness scale, measured in the central half."""
+    measured = deep.measure(image)
+    scale = deep.flux_scale(deep.luminance(image) * np.float32(deep.ADU), measured,
+                            deep.register_onto(measured, reference), reference)
+    h, w = image.shape[1:]
+    centre = deep.luminance(image)[h // 4: 3 * h // 4, w // 4: 3 * w // 4]
+    return sky_level_and_noise(centre)[1] * scale
+
+
+@pytest.fixture(scope="module")
+def crowd_site(tmp_path_factory):
+    from tests.apps import Deployment
+    d = Deployment(tmp_path_factory.mktemp("crowd"), {})
+    d.start_app()
+    users = {name: d.user(name) for name in ("alice", "bob", "carol")}
+    for name in ("alice", "bob"):
+        assert users[name].http.patch(f"{d.url}/api/v1/me", json={"share_with_crowd": True}).status_code == 200
+    upload_night(users["alice"], NIGHT_1)
+    upload_night(users["bob"], NIGHT_2)
+    upload_night(users["carol"], NIGHT_2)          # carol does not share
+    d.drain_queue()
+    yield d, users
+    d.stop_app()
+
+
+def test_one_crowd_stack_adds_up_both_sharing_owners(crowd_site):
+    d, users = crowd_site
+    alice, bob = users["alice"], users["bob"]
+    listing = alice.get("/api/v1/stacks").json()["stacks"]
+    crowd = [s for s in listing if s["kind"] == "crowd"]
+    assert len(crowd) == 1, listing
+    crowd = alice.get(f"/api/v1/stacks/{crowd[0]['id']}").json()
+    assert crowd["object"] == "M 94"
+    own = {name: [s for s in users[name].get("/api/v1/stacks").json()["stacks"]
+                  if s["kind"] == "chunk" and s["owner"] == name][0] for name in ("alice", "bob")}
+
+    credited = {c["owner"]: c for c in crowd["contributors"]}
+    assert set(credited) == {"alice", "bob"}
+    for name in ("alice", "bob"):
+        assert credited[name]["frames"] == own[name]["frames"]
+        assert credited[name]["exposure_s"] == pytest.approx(own[name]["exposure_s"])
+    assert crowd["owners"] == 2 and crowd["nights"] == 2
+    assert crowd["frames"] == own["alice"]["frames"] + own["bob"]["frames"]
+    assert crowd["exposure_s"] == pytest.approx(own["alice"]["exposure_s"] + own["bob"]["exposure_s"])
+
+    with fits_of(alice, crowd) as hdul:
+        header = hdul[0].header
+        assert header["NCOMBINE"] == crowd["frames"]
+        assert header["EXPTIME"] == pytest.approx(crowd["exposure_s"])
+        assert "SITELAT" not in header and "SITELONG" not in header
+        image = hdul[0].data.astype(np.float32)
+        weight = hdul["WEIGHT"].data
+        stars = hdul["STARS"].data
+        reference = deep.Running(total=image * weight, weight=weight,
+                                 ref_xy=np.column_stack([stars["X"], stars["Y"]]), ref_flux=np.asarray(stars["FLUX"]))
+
+    crowd_noise = normalised_noise(image, reference)
+    for name in ("alice", "bob"):
+        with fits_of(users[name], own[name]) as hdul:
+            own_noise = normalised_noise(hdul[0].data.astype(np.float32), reference)
+        assert crowd_noise < own_noise, (name, crowd_noise, own_noise)
+
+
+def test_every_owner_has_a_deep_stack_of_their_own(crowd_site):
+    d, users = crowd_site
+    for name in ("alice", "bob", "carol"):
+        mine = [s for s in users[name].get("/api/v1/stacks").json()["stacks"]
+                if s["kind"] == "deep" and s["owner"] == name]
+        assert len(mine) == 1
+        detail = users[name].get(f"/api/v1/stacks/{mine[0]['id']}").json()
+        assert [c["owner"] for c in detail["contributors"]] == [name]
+        assert len(detail["chunk_stacks"]) == 1
+
+
+def test_a_non_sharing_owner_stays_private(crowd_site):
+    d, users = crowd_site
+    crowd = [s for s in users["alice"].get("/api/v1/stacks").json()["stacks"] if s["kind"] == "crowd"][0]
+    detail = users["alice"].get(f"/api/v1/stacks/{crowd['id']}").json()
+    assert "carol" not in {c["owner"] for c in detail["contributors"]}
+    assert all(s["owner"] != "carol" for s in detail["chunk_stacks"])
+    for name in ("alice", "bob"):
+        seen = users[name].get("/api/v1/stacks").json()["stacks"]
+        assert all(s["owner"] != "carol" for s in seen)
+    carols = [s for s in users["carol"].get("/api/v1/stacks").json()["stacks"] if s["owner"] == "carol"]
+    assert {s["kind"] for s in carols} == {"chunk", "deep"}
+    for stack in carols:
+        assert users["alice"].get(f"/api/v1/stacks/{stack['id']}").status_code == 404
+        assert users["alice"].get(stack["fits_url"]).status_code == 404
