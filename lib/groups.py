@@ -21,6 +21,7 @@ from astropy.io import fits
 
 from lib import chunks, queue, stacks
 from lib.db import now
+from lib.stacking.options import StackingError
 from lib.storage import StorageError
 
 log = logging.getLogger("crowdsky.groups")
@@ -32,6 +33,10 @@ GROUP_LOCK = "groups"           # serialises the creation of groups (see _find_o
 
 class GroupConflict(Exception):
     """The group moved on while this job worked; the job is retried on the new version."""
+
+
+class NotShared(StackingError):
+    """A crowd update for an owner who stopped sharing: dropped for good, not retried."""
 
 
 def plan(tx, stack_id: int, settings) -> list[int]:
@@ -79,6 +84,9 @@ def inputs(db, job: dict) -> list[dict]:
     """What a group job reads: the group's current state (if it has one) and the new chunk stack."""
     payload = json.loads(job["payload"])
     group = db["stacks"].find_one(id=payload["group"])
+    if payload.get("rebuild"):
+        return [{"id": f"source-{s['id']}", "filename": f"stack-{s['id']}.fits", "store": "archive",
+                 "key": s["fits_key"], "size": s["fits_size"]} for s in contributing_stacks(db, group["id"])]
     source = db["stacks"].find_one(id=payload["source"])
     if source is None:
         raise GroupConflict(f"stack {payload['source']} no longer exists")
@@ -95,8 +103,8 @@ def complete_group_job(db, archive, lease, fits_path, preview_path) -> int | Non
     """Record a group's new version: its files, its totals and the contribution just added."""
     payload = json.loads(lease.job["payload"])
     group = db["stacks"].find_one(id=payload["group"])
-    source = db["stacks"].find_one(id=payload["source"])
-    if group is None or source is None:
+    source = db["stacks"].find_one(id=payload["source"]) if "source" in payload else None
+    if group is None or ("source" in payload and source is None):
         raise GroupConflict("the group or the stack to add was deleted meanwhile")
     fits_key, preview_key = stacks.archive_keys(group["kind"], lease.job_id, lease.token)
     with open(fits_path, "rb") as f:
@@ -104,23 +112,27 @@ def complete_group_job(db, archive, lease, fits_path, preview_path) -> int | Non
     with open(preview_path, "rb") as f:
         archive.put(preview_key, f)
     header = fits.getheader(fits_path)
+    built_on = int(header["GROUPVER"]) - 1       # the version this result was built from
     old_keys = (group["fits_key"], group["preview_key"])
 
     def record(tx) -> int:
-        tx["contributions"].insert({
-            "group_id": group["id"], "source_id": source["id"], "owner_id": source["owner_id"],
-            "frames": source["frames"], "exposure_s": source["exposure_s"], "date_beg": source["date_beg"],
-            "date_end": source["date_end"], "scale": float(header.get("LASTSCAL", 1.0)), "created_at": now()})
+        if source is not None:
+            if group["kind"] == CROWD and not tx["users"].find_one(id=source["owner_id"])["share_with_crowd"]:
+                raise NotShared(f"the owner of stack {source['id']} stopped sharing; it stays out of the crowd stack")
+            tx["contributions"].insert({
+                "group_id": group["id"], "source_id": source["id"], "owner_id": source["owner_id"],
+                "frames": source["frames"], "exposure_s": source["exposure_s"], "date_beg": source["date_beg"],
+                "date_end": source["date_end"], "scale": float(header.get("LASTSCAL", 1.0)), "created_at": now()})
         summary = _totals(tx, group["id"])
         moved = tx.executable.execute(sa.text(
-            "UPDATE stacks SET version = version + 1, fits_key = :fits_key, preview_key = :preview_key, "
+            "UPDATE stacks SET version = :version + 1, fits_key = :fits_key, preview_key = :preview_key, "
             "fits_size = :fits_size, frames = :frames, exposure_s = :exposure, date_beg = :date_beg, "
             "date_end = :date_end, nights = :nights, owners = :owners, noise = :noise, object = :object "
             "WHERE id = :id AND version = :version"), dict(
             fits_key=fits_key, preview_key=preview_key, fits_size=fits_size, frames=summary["frames"],
             exposure=summary["exposure_s"], date_beg=summary["date_beg"], date_end=summary["date_end"],
             nights=summary["nights"], owners=summary["owners"], noise=_float(header.get("BGNOISE")),
-            object=group["object"] or source["object"], id=group["id"], version=group["version"]))
+            object=group["object"], id=group["id"], version=built_on))
         if moved.rowcount != 1:
             raise GroupConflict(f"{group['kind']} stack {group['id']} changed while this job worked")
         return group["id"]
@@ -135,6 +147,40 @@ def complete_group_job(db, archive, lease, fits_path, preview_path) -> int | Non
         return None
     _delete_quietly(archive, [k for k in old_keys if k])
     return group_id
+
+
+def set_sharing(svc, owner_id: int, share: bool) -> list[int]:
+    """Turn an owner's sharing on or off. Off takes their data out of every crowd stack at once:
+    those stacks are hidden and their files deleted now, and rebuilt from the other owners'
+    contributions by queued jobs. Returns the ids of the rebuild jobs."""
+    from lib import accounts
+    db = svc.db
+    rebuilds, stale = [], []
+    with db as tx:
+        accounts.set_sharing(tx, owner_id, share)
+        if share:
+            return []
+        tx.query("DELETE FROM jobs WHERE kind = 'crowd' AND owner_id = :owner AND status IN ('pending', 'failed')",
+                 owner=owner_id)
+        touched = {r["group_id"] for r in tx.query(
+            "SELECT DISTINCT c.group_id FROM contributions c JOIN stacks g ON g.id = c.group_id "
+            "WHERE c.owner_id = :owner AND g.kind = 'crowd'", owner=owner_id)}
+        for group_id in sorted(touched):
+            group = tx["stacks"].find_one(id=group_id)
+            stale += [k for k in (group["fits_key"], group["preview_key"]) if k]
+            tx["contributions"].delete(group_id=group_id, owner_id=owner_id)
+            if tx["contributions"].count(group_id=group_id) == 0:
+                tx["stacks"].delete(id=group_id)
+                continue
+            version = (group["version"] or 0) + 1
+            tx["stacks"].update({"id": group_id, "fits_key": None, "preview_key": None, "version": version}, ["id"])
+            job_id = queue.enqueue(tx, kind=CROWD, chunk_id=None, owner_id=owner_id,
+                                   max_attempts=svc.settings.max_attempts)
+            tx["jobs"].update({"id": job_id, "payload": json.dumps(
+                {"group": group_id, "rebuild": True, "version": version})}, ["id"])
+            rebuilds.append(job_id)
+    _delete_quietly(svc.archive, stale)
+    return rebuilds
 
 
 def _totals(tx, group_id: int) -> dict:
@@ -156,7 +202,8 @@ def credits(db, group_id: int) -> list[dict]:
 
 def contributing_stacks(db, group_id: int) -> list[dict]:
     rows = db.query(
-        "SELECT s.id, s.chunk_key, s.object, s.frames, s.exposure_s, s.date_beg, s.telescope, u.username AS owner "
+        "SELECT s.id, s.chunk_key, s.object, s.frames, s.exposure_s, s.date_beg, s.telescope, s.fits_key, "
+        "s.fits_size, u.username AS owner "
         "FROM contributions c JOIN stacks s ON s.id = c.source_id JOIN users u ON u.id = c.owner_id "
         "WHERE c.group_id = :group ORDER BY s.date_beg", group=group_id)
     return [dict(r) for r in rows]

@@ -20,7 +20,7 @@ from pathlib import Path
 from lib import jobs, queue
 from lib.db import release
 from lib.stacking import StackingError, stack_files
-from lib.stacking.group_files import update_group
+from lib.stacking.group_files import rebuild_group, update_group
 from lib.stacking.imported import read_telescope_stack
 
 log = logging.getLogger("crowdsky.stacker")
@@ -173,7 +173,10 @@ def _import_telescope_stack(paths, inputs, payload, kind, progress):
 
 
 def _update_group(paths, inputs, payload, kind, progress):
-    """A deep or crowd job: one new chunk stack added to the group's running sum."""
+    """A deep or crowd job: one new chunk stack added to the group's running sum, or (rebuild) the
+    group made anew from its remaining chunk stacks."""
+    if payload.get("rebuild"):
+        return rebuild_group(paths, kind, payload["version"], progress)
     by_id = {item["id"]: path for item, path in zip(inputs, paths)}
     return update_group(by_id.get("group"), by_id["source"], kind, progress)
 

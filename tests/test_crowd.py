@@ -112,3 +112,53 @@ def test_a_non_sharing_owner_stays_private(crowd_site):
     for stack in carols:
         assert users["alice"].get(f"/api/v1/stacks/{stack['id']}").status_code == 404
         assert users["alice"].get(stack["fits_url"]).status_code == 404
+
+
+def test_an_owner_who_stops_sharing_leaves_the_crowd_stack_at_once(crowd_site):
+    d, users = crowd_site
+    alice, bob = users["alice"], users["bob"]
+    crowd = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "crowd"][0]
+    assert bob.http.patch(f"{d.url}/api/v1/me", json={"share_with_crowd": False}).status_code == 200
+
+    # At once: the crowd stack that held bob's frames is gone from every listing and download.
+    assert all(s["kind"] != "crowd" for s in alice.get("/api/v1/stacks").json()["stacks"])
+    assert alice.get(f"/api/v1/stacks/{crowd['id']}").status_code == 404
+    assert alice.get(crowd["fits_url"]).status_code == 404
+
+    # Then it is rebuilt from what remains: alice's frames only.
+    d.drain_queue()
+    rebuilt = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "crowd"]
+    assert len(rebuilt) == 1 and rebuilt[0]["id"] == crowd["id"]
+    detail = alice.get(f"/api/v1/stacks/{crowd['id']}").json()
+    assert [c["owner"] for c in detail["contributors"]] == ["alice"]
+    alice_chunk = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"][0]
+    assert detail["frames"] == alice_chunk["frames"] and detail["owners"] == 1
+    with fits_of(alice, detail) as hdul:
+        assert hdul[0].header["NCOMBINE"] == alice_chunk["frames"]
+
+
+def test_two_updates_of_one_deep_stack_at_once_each_count_once(tmp_path):
+    """Two stackers (``--jobs 2``) add two nights to one deep stack at the same moment: one commits,
+    the other finds the stack moved on, is retried on the new version, and both nights count once."""
+    from tests.apps import Deployment
+    d = Deployment(tmp_path / "crowdsky", {"CROWDSKY_RETRY_BACKOFF_SECONDS": "0"})
+    d.start_app()
+    try:
+        owner = d.user("dora")
+        upload_night(owner, NIGHT_1)
+        upload_night(owner, NIGHT_2)
+        for _ in range(2):                     # the two chunk jobs, then the two deep jobs, in pairs
+            both = d.run("stacker.py", "--once", "--jobs", "2")
+            assert both.returncode == 0, both.stderr[-2000:]
+        d.drain_queue()
+        listing = owner.get("/api/v1/stacks").json()["stacks"]
+        chunks = [s for s in listing if s["kind"] == "chunk"]
+        deep_stacks = [s for s in listing if s["kind"] == "deep"]
+        assert len(chunks) == 2 and len(deep_stacks) == 1
+        detail = owner.get(f"/api/v1/stacks/{deep_stacks[0]['id']}").json()
+        assert sorted(s["id"] for s in detail["chunk_stacks"]) == sorted(s["id"] for s in chunks)
+        with fits_of(owner, detail) as hdul:
+            assert hdul[0].header["NCOMBINE"] == sum(s["frames"] for s in chunks)
+            assert hdul[0].header["NSTACKS"] == 2
+    finally:
+        d.stop_app()

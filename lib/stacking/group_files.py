@@ -73,18 +73,42 @@ def update_group(group_path: Path | None, source_path: Path, kind: str, progress
     progress(0.2, "measuring the new stack")
     measured = deep.measure(image)
     if group_path is None:
-        running = deep.start(image, coverage, measured)
-        header = fits.Header()
-        for key in CARRIED:
-            if key in source and key not in LOCATION_KEYWORDS:
-                header[key] = source[key]
-        header["NCOMBINE"], header["EXPTIME"], header["NSTACKS"] = 0, 0.0, 0
-        header["DATE-BEG"], header["DATE-END"] = source["DATE-BEG"], source["DATE-END"]
-        scale = 1.0
-    else:
-        running, header = read_running(group_path)
-        progress(0.5, "registering onto the group")
-        scale = deep.add(running, image, coverage, measured)
+        return _added(deep.start(image, coverage, measured), _new_header(source), source, kind, 1.0, 0)
+    running, header = read_running(group_path)
+    progress(0.5, "registering onto the group")
+    scale = deep.add(running, image, coverage, measured)
+    return _added(running, header, source, kind, scale, int(header["GROUPVER"]))
+
+
+def rebuild_group(source_paths: list[Path], kind: str, version: int, progress) -> GroupResult:
+    """A group made anew from its chunk stacks (after an owner's data was taken out of it);
+    *version* is the group's version the rebuild starts from."""
+    result = None
+    for i, path in enumerate(source_paths):
+        progress(i / len(source_paths), f"adding stack {i + 1}/{len(source_paths)}")
+        image, coverage, source = read_stack(path)
+        measured = deep.measure(image)
+        if result is None:
+            result = _added(deep.start(image, coverage, measured), _new_header(source), source, kind, 1.0, version)
+        else:
+            scale = deep.add(result.running, image, coverage, measured)
+            result = _added(result.running, result.header, source, kind, scale, version)
+    return result
+
+
+def _new_header(source: fits.Header) -> fits.Header:
+    header = fits.Header()
+    for key in CARRIED:
+        if key in source and key not in LOCATION_KEYWORDS:
+            header[key] = source[key]
+    header["NCOMBINE"], header["EXPTIME"], header["NSTACKS"] = 0, 0.0, 0
+    header["DATE-BEG"], header["DATE-END"] = source["DATE-BEG"], source["DATE-END"]
+    return header
+
+
+def _added(running, header: fits.Header, source: fits.Header, kind: str, scale: float, base_version: int) -> GroupResult:
+    """The result with *source* counted in; GROUPVER is the group version this result becomes."""
+    header["GROUPVER"] = (base_version + 1, "group version this file is")
     header["STACKIND"] = (kind, "deep: one owner; crowd: every sharing owner")
     header["NCOMBINE"] = (int(header["NCOMBINE"]) + int(source["NCOMBINE"]), "frames in all contributions")
     header["EXPTIME"] = (float(header["EXPTIME"]) + float(source["EXPTIME"]), "[s] total exposure")
@@ -92,5 +116,4 @@ def update_group(group_path: Path | None, source_path: Path, kind: str, progress
     header["DATE-BEG"] = min(str(header["DATE-BEG"]), str(source["DATE-BEG"]))
     header["DATE-END"] = max(str(header["DATE-END"]), str(source["DATE-END"]))
     header["LASTSCAL"] = (scale, "brightness factor applied to the last stack added")
-    progress(0.9, "writing")
     return GroupResult(running, header)
