@@ -17,7 +17,7 @@ from pathlib import Path
 import bottle
 from cheroot import wsgi
 
-from lib import accounts, config, gallery as gallery_lib, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
+from lib import accounts, config, gallery as gallery_lib, groups, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
 from lib import zipstream
 from lib.fitsheader import FrameError
 from lib.db import release
@@ -79,6 +79,8 @@ def problem(status: int, message: str):
 
 def guarded(handler):
     """Turn the library's refusals into clean 4xx/5xx answers that name the fault."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
     def wrapper(*args, **kwargs):
         try:
             return handler(*args, **kwargs)
@@ -98,6 +100,19 @@ def guarded(handler):
         except StorageError as exc:
             log.error("storage error: %s", exc)
             return problem(502, f"storage error: {exc}")
+        except DBAPIError as exc:
+            # Down, restarting, or the connection was cut: a 503 the client may retry. Anything
+            # else (a constraint violated, bad SQL) is a bug and stays a 500.
+            if not (exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))):
+                raise
+            log.error("database unavailable: %s", " ".join(str(exc.orig or exc).split())[:300])
+            message = "the database is unavailable right now; nothing was lost, try again shortly"
+            bottle.response.set_header("Retry-After", "5")
+            if is_api():
+                return json_response({"error": message}, 503)
+            bottle.response.status = 503    # not page(): it would ask the database who is logged in
+            return bottle.template("error.tpl", user=None, csrf=csrf_token(svc.settings.secure_cookies),
+                                   title="Something went wrong", status=503, message=message)
     wrapper.__name__ = handler.__name__
     return wrapper
 
@@ -244,8 +259,9 @@ def stack_page(stack_id):
     user = user_or_none()
     stack = _visible_stack(user, stack_id)
     frames = stacks.frame_verdicts(svc.db, stack_id)
-    return page("stack.tpl", title=f"{stack['object']} · {stack['chunk_key']}", user=user,
-                stack=stack, frames=frames, rejections=gallery_lib.rejections(frames), g=gallery_lib)
+    return page("stack.tpl", title=gallery_lib.page_title(stack), user=user, stack=stack, frames=frames,
+                rejections=gallery_lib.rejections(frames), group=gallery_lib.group_details(svc.db, stack),
+                g=gallery_lib)
 
 
 @app.get("/stacks/<stack_id:int>/stack.fits")
@@ -322,7 +338,7 @@ def account_page():
 @app.post("/account")
 def account_submit():
     user = require_user()
-    accounts.set_sharing(svc.db, user["id"], bottle.request.forms.get("share_with_crowd") == "on")
+    groups.set_sharing(svc, user["id"], bottle.request.forms.get("share_with_crowd") == "on")
     bottle.redirect("/account")
 
 
@@ -451,6 +467,9 @@ def api_stack(stack_id):
     view["frame_list"] = [{"filename": f["filename"], "used": bool(f["used"]), "reason": f["reason"],
                            "fwhm_px": f["fwhm_px"], "stars": f["stars"]}
                           for f in stacks.frame_verdicts(svc.db, stack_id)]
+    if stack["kind"] in (groups.DEEP, groups.CROWD):
+        view["contributors"] = groups.credits(svc.db, stack_id)
+        view["chunk_stacks"] = groups.contributing_stacks(svc.db, stack_id)
     return json_response(view)
 
 
@@ -464,7 +483,7 @@ def api_skymap():
 def api_me():
     user = require_user()
     share = field(json_body(), "share_with_crowd", bool)
-    accounts.set_sharing(svc.db, user["id"], share)
+    groups.set_sharing(svc, user["id"], share)
     return json_response({"username": user["username"], "share_with_crowd": share})
 
 
@@ -495,24 +514,25 @@ def worker_claim():
                           "lease": lease.token, "expires": lease.expires})
 
 
-@app.get("/api/v1/worker/jobs/<job_id:int>/frames")
-def worker_frames(job_id):
+@app.get("/api/v1/worker/jobs/<job_id:int>/inputs")
+def worker_inputs(job_id):
     require_worker()
     lease = jobs.current_lease(svc.db, job_id, bottle.request.query.get("lease"))
-    return json_response({"frames": [{"id": f["id"], "filename": f["filename"], "size": f["size"]}
-                                     for f in jobs.chunk_frames(svc.db, lease.job["chunk_id"])]})
+    return json_response({"inputs": [{"id": i["id"], "filename": i["filename"], "size": i["size"]}
+                                     for i in jobs.job_inputs(svc.db, lease.job)]})
 
 
-@app.get("/api/v1/worker/jobs/<job_id:int>/frames/<frame_id:int>")
-def worker_frame_bytes(job_id, frame_id):
+@app.get("/api/v1/worker/jobs/<job_id:int>/inputs/<input_id>")
+def worker_input_bytes(job_id, input_id):
     require_worker()
     lease = jobs.current_lease(svc.db, job_id, bottle.request.query.get("lease"))
-    frame = svc.db["frames"].find_one(id=frame_id, chunk_id=lease.job["chunk_id"])
-    if frame is None:
-        raise HTTPProblem(404, f"frame {frame_id} is not part of job {job_id}")
+    item = next((i for i in jobs.job_inputs(svc.db, lease.job) if i["id"] == input_id), None)
+    if item is None:
+        raise HTTPProblem(404, f"job {job_id} has no input {input_id!r}")
+    store = svc.buffer if item["store"] == "buffer" else svc.archive
     bottle.response.content_type = "application/fits"
-    bottle.response.set_header("Content-Length", str(frame["size"]))
-    return svc.buffer.iter_bytes(frame["buffer_key"])
+    bottle.response.set_header("Content-Length", str(store.size(item["key"])))
+    return store.iter_bytes(item["key"])
 
 
 @app.post("/api/v1/worker/jobs/<job_id:int>/heartbeat")
@@ -538,7 +558,7 @@ def worker_complete(job_id):
         fits_path, preview_path = Path(tmp) / "stack.fits", Path(tmp) / "preview.png"
         files["fits"].save(str(fits_path))
         files["preview"].save(str(preview_path))
-        stack_id = jobs.complete_chunk_job(svc.db, svc.buffer, svc.archive, lease, fits_path, preview_path)
+        stack_id = jobs.complete_job(svc, lease, fits_path, preview_path)
     if stack_id is None:
         raise HTTPProblem(409, f"the lease on job {job_id} is no longer yours")
     return json_response({"stack_id": stack_id})

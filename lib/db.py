@@ -182,7 +182,11 @@ def _floats_as_float(inspector, table, column_info):
 
 def connect(url: str) -> dataset.Database:
     """Open the database at *url* and make sure every table, column and index exists."""
-    engine_kwargs: dict = {"pool_pre_ping": True}
+    # max_overflow=-1: the pool never runs dry. dataset holds its lock while it waits for a pooled
+    # connection, and release() below needs that lock to give one back: with more threads than
+    # connections (the app's 16 request threads, 15 connections) every thread stalled for the pool
+    # timeout (30 s), then failed. Each thread holds at most one connection, so this is bounded.
+    engine_kwargs: dict = {"pool_pre_ping": True, "max_overflow": -1}
     if url.startswith("sqlite"):
         # Several processes (app, stackers, janitor) share one file: wait for locks, don't fail.
         engine_kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}

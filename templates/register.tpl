@@ -1,5 +1,5 @@
 % rebase('base.tpl')
-<section class="narrow">
+<section class="narrow panel">
 <h1>Create an account</h1>
 % if error:
 <p class="error" role="alert">{{error}}</p>
