@@ -118,8 +118,11 @@ def owner_sessions(db, owner_id: int, limit: int = 50) -> list[dict]:
         for chunk in db["chunks"].find(session_id=session["id"], order_by="id"):
             chunk = dict(chunk)
             chunk["frames"] = db["frames"].count(chunk_id=chunk["id"])
-            job = db["jobs"].find_one(chunk_id=chunk["id"], kind="chunk", order_by="-id")
-            chunk["job"] = job_view(job) if job else None
+            of_chunk = list(db["jobs"].find(chunk_id=chunk["id"], order_by="id"))
+            stacking = [j for j in of_chunk if j["kind"] in ("chunk", "import")]
+            chunk["job"] = job_view(stacking[-1]) if stacking else None
+            # the deep and crowd stacks the chunk's stack was added to
+            chunk["updates"] = [job_view(j) for j in of_chunk if j["kind"] in (groups.DEEP, groups.CROWD)]
             session["chunks"].append(chunk)
     return sessions
 

@@ -51,6 +51,9 @@
         % if job:
         <td class="state {{job['status']}}" data-job="{{job['id']}}"><span class="state-text">{{job['status']}}</span>
           <div class="error small job-error" {{!'' if job['error'] else 'hidden'}}>{{job['error'] or ''}}</div>
+          % for update in chunk.get('updates', []):
+          <div class="hint small">{{update['kind']}} stack: {{update['status']}}</div>
+          % end
         </td>
         <td class="progress-col">
           <div class="bar" data-progress-bar="{{job['id']}}" data-value="{{1 if job['status'] == 'done' else job['progress']}}"><div class="fill"></div></div>
