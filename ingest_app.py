@@ -123,9 +123,19 @@ app.install(lambda callback: guarded(callback))
 limiter = LoginLimiter()
 
 
+def client_address() -> str:
+    """The caller's address: the connection's, or, behind a proxy CrowdSky is told to trust, the
+    address that proxy put last in X-Forwarded-For (anything before it the client could forge)."""
+    if svc.settings.trust_forwarded_for:
+        forwarded = bottle.request.get_header("X-Forwarded-For", "")
+        if forwarded.strip():
+            return forwarded.split(",")[-1].strip()
+    return bottle.request.environ.get("REMOTE_ADDR", "")
+
+
 def login(username: str, password: str) -> dict | None:
     """Check a password, within the failed-login limits of the account and of the address."""
-    keys = (f"user:{username.lower()}", f"ip:{bottle.request.remote_addr}")
+    keys = (f"user:{username.lower()}", f"ip:{client_address()}")
     wait = limiter.retry_after(*keys)
     if wait:
         bottle.response.set_header("Retry-After", str(wait))
@@ -562,6 +572,16 @@ def worker_complete(job_id):
     if stack_id is None:
         raise HTTPProblem(409, f"the lease on job {job_id} is no longer yours")
     return json_response({"stack_id": stack_id})
+
+
+@app.post("/api/v1/worker/jobs/<job_id:int>/release")
+def worker_release(job_id):
+    """A stopping stacker hands its job back: pending again, the attempt not counted."""
+    require_worker()
+    lease = jobs.current_lease(svc.db, job_id, field(json_body(), "lease", str))
+    if not queue.release(svc.db, lease):
+        raise HTTPProblem(409, f"the lease on job {job_id} is no longer yours")
+    return json_response({"status": "pending"})
 
 
 @app.post("/api/v1/worker/jobs/<job_id:int>/fail")

@@ -14,6 +14,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 
@@ -22,6 +23,9 @@ from lib.db import release
 from lib.services import Services
 
 log = logging.getLogger("crowdsky.janitor")
+
+# Set by SIGTERM / Ctrl-C: a stacking pass gives its job back and stops, no new task starts.
+stopping = threading.Event()
 
 
 def tasks(svc) -> list[tuple[str, object, int]]:
@@ -44,7 +48,8 @@ def tasks(svc) -> list[tuple[str, object, int]]:
 def _stacking_pass(source, settings) -> int:
     """Stack every job that is pending now, one after another."""
     done = 0
-    while worker.run_once(source, worker.worker_name(), lease_seconds=settings.lease_seconds):
+    while not stopping.is_set() and worker.run_once(source, worker.worker_name(),
+                                                    lease_seconds=settings.lease_seconds, stop=stopping):
         done += 1
     return done
 
@@ -66,14 +71,25 @@ def main(argv=None) -> int:
     logs.setup("janitor")
     svc = Services.open(config.load())
     if args.once:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stopping.set())
         for name, task, _ in tasks(svc):
+            if stopping.is_set():
+                break
             run_task(svc, name, task)
         return 0
     scheduler = BlockingScheduler(timezone="UTC")
     for name, task, seconds in tasks(svc):
         scheduler.add_job(run_task, "interval", args=(svc, name, task), seconds=seconds, id=name,
                           max_instances=1, coalesce=True)
-    signal.signal(signal.SIGTERM, lambda *_: scheduler.shutdown(wait=False))
+
+    def stop(*_):
+        # Tasks still running finish (a stacking pass gives its job back) before the process exits.
+        stopping.set()
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
     log.info("janitor running: %s", ", ".join(job.id for job in scheduler.get_jobs()))
     try:
         scheduler.start()

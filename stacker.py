@@ -6,6 +6,8 @@
                                         stack local files with the same pipeline, no server
 
 It is stateless: run it from cron, from the janitor's scheduler, or as many copies on many machines.
+SIGTERM or Ctrl-C stops it within moments: a job in hand is given back to the queue (pending again,
+the attempt not counted) unless it is already being archived, which then finishes first.
 """
 from __future__ import annotations
 
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
     def one_slot(slot: int) -> None:
         name = f"{worker.worker_name()}#{slot}"
         if args.once:
-            claimed.append(worker.run_once(source, name, lease_seconds=settings.lease_seconds))
+            claimed.append(worker.run_once(source, name, lease_seconds=settings.lease_seconds, stop=stop))
         else:
             worker.run_loop(source, name, lease_seconds=settings.lease_seconds,
                             poll_seconds=settings.poll_seconds, stop=stop)

@@ -61,10 +61,11 @@ class Settings:
     stack_every_minutes: int = 0
     max_frame_bytes: int = 64 * 1024 * 1024
     quota_bytes: int = 20 * 1024 ** 3
-    poll_seconds: float = 5.0
+    poll_seconds: float = 1.0
     api_url: str | None = None
     worker_token: str | None = field(default=None, repr=False)
     secure_cookies: bool = False
+    trust_forwarded_for: bool = False
 
 
 def _credentials(role: str) -> Credentials:
@@ -89,8 +90,9 @@ def load() -> Settings:
         stack_every_minutes=_int("STACK_EVERY_MINUTES", 0),
         max_frame_bytes=_int("MAX_FRAME_BYTES", 64 * 1024 * 1024),
         quota_bytes=_int("QUOTA_BYTES", 20 * 1024 ** 3),
-        poll_seconds=_float("POLL_SECONDS", 5.0),
+        poll_seconds=_float("POLL_SECONDS", 1.0),
         api_url=_env("API_URL"),
         worker_token=_env("WORKER_TOKEN"),
         secure_cookies=_env("SECURE_COOKIES", "0") == "1",
+        trust_forwarded_for=_env("TRUST_FORWARDED_FOR", "0") == "1",
     )

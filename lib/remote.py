@@ -83,6 +83,10 @@ class RemoteSource:
                               json={"lease": lease.token, "error": error, "permanent": permanent})
         return response.json().get("status") if response.status_code == 200 else None
 
+    def give_back(self, lease) -> bool:
+        response = self._call("POST", f"/jobs/{lease.job_id}/release", json={"lease": lease.token})
+        return response.status_code == 200
+
     def wait_for_work(self, timeout: float) -> None:
         time.sleep(timeout)
 

@@ -4,6 +4,10 @@ A *job source* hands out leased jobs and takes results back. ``DirectSource`` ta
 and the storage itself (a stacker next to them); a remote source talks to the ingest app's worker API
 (a stacker on a machine with neither). The loop above them is the same: claim, fetch the raws,
 stack them while a heartbeat keeps the lease, then complete or fail.
+
+Stopping (SIGTERM, Ctrl-C) sets the *stop* event: the job in hand is abandoned at its next progress
+step and given back to the queue (pending again at once, the attempt not counted), unless it is
+already being archived, which then finishes. No job is left running until its lease runs out.
 """
 from __future__ import annotations
 
@@ -28,6 +32,10 @@ log = logging.getLogger("crowdsky.stacker")
 
 class LeaseLost(Exception):
     """Another stacker owns the job now; this one must drop it without reporting anything."""
+
+
+class ShuttingDown(Exception):
+    """The stacker was asked to stop: give the job back instead of finishing it."""
 
 
 def worker_name() -> str:
@@ -65,6 +73,10 @@ class DirectSource:
     def wait_for_work(self, timeout: float) -> None:
         queue.wait_for_work(self.db, timeout)
 
+    def give_back(self, lease) -> bool:
+        """Return the job to the queue unfinished (stopping): pending now, attempt not counted."""
+        return queue.release(self.db, lease)
+
     def release(self) -> None:
         """This thread is done with the database for now."""
         release(self.db)
@@ -77,8 +89,8 @@ class _Heartbeat:
     and the progress callback raises ``LeaseLost`` at the next step once a renewal is refused.
     """
 
-    def __init__(self, source, lease, interval: float):
-        self.source, self.lease, self.interval = source, lease, interval
+    def __init__(self, source, lease, interval: float, stop: threading.Event | None = None):
+        self.source, self.lease, self.interval, self.stop = source, lease, interval, stop
         self.progress, self.message = 0.0, "starting"
         self.lost = False
         self._stop = threading.Event()
@@ -95,6 +107,8 @@ class _Heartbeat:
     def update(self, progress: float, message: str) -> None:
         if self.lost:
             raise LeaseLost(f"lease of job {self.lease.job_id} was lost")
+        if self.stop is not None and self.stop.is_set():
+            raise ShuttingDown(f"the stacker is stopping; job {self.lease.job_id} not finished")
         self.progress, self.message = max(0.0, min(1.0, progress)), message
         log.info("job %s: %3.0f%% %s", self.lease.job_id, 100 * self.progress, message)
 
@@ -111,28 +125,43 @@ class _Heartbeat:
             self.source.release()
 
 
-def run_once(source, worker: str, *, lease_seconds: float) -> bool:
-    """Claim and process one job. Returns False when there was nothing to claim."""
+def run_once(source, worker: str, *, lease_seconds: float, stop: threading.Event | None = None) -> bool:
+    """Claim and process one job. Returns False when there was nothing to claim.
+
+    Once *stop* is set, the job is given back at its next progress step (see the module docstring).
+    """
     lease = source.claim(worker)
     if lease is None:
         return False
     log.info("job %s: claimed by %s (attempt %s)", lease.job_id, worker, lease.job["attempts"])
     workdir = Path(tempfile.mkdtemp(prefix=f"crowdsky-job{lease.job_id}-"))
     try:
-        with _Heartbeat(source, lease, interval=max(1.0, lease_seconds / 4)) as beat:
+        with _Heartbeat(source, lease, interval=max(1.0, lease_seconds / 4), stop=stop) as beat:
             _process(source, lease, workdir, beat)
     except LeaseLost as exc:
         log.warning("job %s: %s; dropping it", lease.job_id, exc)
-    except StackingError as exc:
-        state = source.fail(lease, str(exc), permanent=True)
-        log.warning("job %s: cannot be stacked: %s (%s)", lease.job_id, exc, state)
     except Exception as exc:
-        state = source.fail(lease, f"{type(exc).__name__}: {exc}", permanent=False)
-        log.error("job %s: failed (%s): %s", lease.job_id, state, traceback.format_exc())
+        if stop is not None and stop.is_set():
+            # ShuttingDown, or an error the stop caused (a signal to the whole process group
+            # kills the stacking pool's workers too): neither is the job's fault.
+            _give_back(source, lease, exc)
+        elif isinstance(exc, StackingError):
+            state = source.fail(lease, str(exc), permanent=True)
+            log.warning("job %s: cannot be stacked: %s (%s)", lease.job_id, exc, state)
+        else:
+            state = source.fail(lease, f"{type(exc).__name__}: {exc}", permanent=False)
+            log.error("job %s: failed (%s): %s", lease.job_id, state, traceback.format_exc())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         source.release()
     return True
+
+
+def _give_back(source, lease, why: Exception) -> None:
+    """Stopping mid-job: hand the job back to the queue rather than leave it leased to nobody."""
+    state = "pending again" if source.give_back(lease) else "the lease was already lost"
+    log.warning("job %s: given back, the stacker is stopping (%s: %s); %s",
+                lease.job_id, type(why).__name__, why, state)
 
 
 def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
@@ -191,7 +220,7 @@ def run_loop(source, worker: str, *, lease_seconds: float, poll_seconds: float,
     """Process jobs until *stop* is set; idle waits grow from 0.5 s up to *poll_seconds*."""
     idle = 0.5
     while not stop.is_set():
-        if run_once(source, worker, lease_seconds=lease_seconds):
+        if run_once(source, worker, lease_seconds=lease_seconds, stop=stop):
             idle = 0.5
             continue
         source.wait_for_work(idle)

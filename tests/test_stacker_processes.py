@@ -85,6 +85,17 @@ def test_remote_stacker_with_only_a_url_and_a_worker_token(tmp_path, deployment)
     assert as_user.status_code == 401
     assert user.post("/api/v1/worker/claim", json={}).status_code == 401
 
+    # A claim handed back (a stacker stopping) leaves the job pending, its attempt not counted.
+    worker = requests.Session()
+    worker.headers["Authorization"] = f"Bearer {token}"
+    claimed = worker.post(d.url + "/api/v1/worker/claim", json={"worker": "test"}).json()
+    assert claimed["job"]["id"] == job["id"]
+    assert worker.post(f"{d.url}/api/v1/worker/jobs/{job['id']}/release", json={"lease": claimed["lease"]}).json() \
+        == {"status": "pending"}
+    assert worker.post(f"{d.url}/api/v1/worker/jobs/{job['id']}/release",
+                       json={"lease": claimed["lease"]}).status_code == 409
+    assert user.get(f"/api/v1/jobs/{job['id']}").json()["attempts"] == 0
+
     # A machine with nothing but the app's URL and the token: no database, no storage settings.
     remote_env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDSKY_")}
     remote_env.update(CROWDSKY_DATA_DIR=str(tmp_path / "elsewhere"), CROWDSKY_API_URL=d.url,
