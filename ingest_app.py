@@ -685,7 +685,7 @@ def main(argv=None) -> int:
     logs.setup("ingest")
     configure(config.load())
     server = wsgi.Server((args.host, args.port), app, numthreads=args.threads,
-                         max=-1, request_queue_size=64)
+                         max=-1, request_queue_size=64, shutdown_timeout=3)
     signal.signal(signal.SIGTERM, _stop_serving)
     log.info("serving on http://%s:%d", args.host, args.port)
     try:

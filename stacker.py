@@ -17,7 +17,6 @@ import sys
 import threading
 from pathlib import Path
 
-from lib import config, logs, worker
 
 
 def stack_command(argv) -> int:
@@ -51,7 +50,7 @@ def stack_command(argv) -> int:
     return 0
 
 
-def job_source(settings):
+def job_source(settings, worker):
     """Direct mode next to the database and storage; the worker API when only a URL is given."""
     if settings.api_url and settings.worker_token:
         from lib.remote import RemoteSource
@@ -64,6 +63,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stack"]:
         return stack_command(argv[1:])
+    # Imported here, not at the top: `stack` needs none of the service modules (database drivers,
+    # storage clients), and loading them costs a second and ~100 MB per run.
+    from lib import config, logs, worker
     logs.setup("stacker")
     parser = argparse.ArgumentParser(description="CrowdSky stacker")
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
         parser.error("--jobs must be at least 1")
 
     settings = config.load()
-    source = job_source(settings)
+    source = job_source(settings, worker)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -12,8 +12,6 @@ memory does not grow with the number of frames.
 """
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
 import os
 import tempfile
 from dataclasses import dataclass
@@ -32,11 +30,12 @@ from .normalize import noise_weights, normalization, sky_level_and_noise, transp
 from .options import FrameVerdict, StackingError, StackOptions
 from .preview import stretch, write_png
 from .register import Registration, RegistrationError, find_registration, warp
+from .runner import SCRATCH_PREFIX, InProcess, run_in_subprocess
 from .stars import StarField, aperture_fluxes, detect_stars
 
 ADU_SCALE = np.float32(1 / 65535)    # the cube and the stack hold ADU/65535, as Siril does
 SATURATION_ADU = 60000.0
-CHUNK_OVERHEAD = 24 * 2**20          # combine's per-worker working set besides the block itself
+CHUNK_OVERHEAD = 40 * 2**20          # combine's per-worker temporaries besides the block (CHUNK_ELEMENTS)
 PROGRESS_MEASURED, PROGRESS_REGISTERED = 0.3, 0.75   # fractions of the run at the end of each stage
 
 Progress = Callable[[float, str], None]
@@ -103,28 +102,6 @@ class Registered:
     error: str | None = None
 
 
-def _init_worker() -> None:
-    # each worker is one of min(cores, frames) processes: OpenCV's own threads would only compete
-    cv2.setNumThreads(1)
-    _keep_freed_memory()
-
-
-def _keep_freed_memory() -> None:
-    """Ask glibc to keep freed blocks for reuse instead of handing them back to the kernel.
-
-    The combine step allocates and frees the same few megabytes thousands of times; by default glibc
-    returns each block to the kernel and the next allocation page-faults it back in, which costs about
-    as much as the arithmetic. The working set is bounded either way (see _row_blocks).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 256 * 2**20)
-    libc.mallopt(m_trim_threshold, 512 * 2**20)
-
-
 def _measure(task: tuple[int, str, StackOptions]) -> Measured:
     index, path, options = task
     try:
@@ -138,7 +115,10 @@ def _measure(task: tuple[int, str, StackOptions]) -> Measured:
 
 def _register(task) -> Registered:
     index, slot, path, frame_xy, frame_flux, ref_xy, is_reference, aperture, options, cube = task
-    raw, header = read_frame(Path(path))
+    try:
+        raw, header = read_frame(Path(path))
+    except FrameReadError as exc:  # it was readable a moment ago; it may have been replaced since
+        return Registered(index, error=str(exc))
     if is_reference:
         registration = Registration.identity(len(ref_xy))
     else:
@@ -149,27 +129,31 @@ def _register(task) -> Registered:
         except RegistrationError as exc:
             return Registered(index, error=str(exc))
     paired = frame_xy[registration.frame_index]
-    planes = cv2.split(debayer(raw, header.pattern))
+    rgb = debayer(raw, header.pattern)                                   # (H, W, 3) uint16 ADU
     sky, noise, fluxes = np.empty(3), np.empty(3), np.empty((len(paired), 3))
-    frames = cube.map(writable=True)
-    for c, plane in enumerate(planes):
+    for c, plane in enumerate(cv2.split(rgb)):
         plane = plane.astype(np.float32)
         sky[c], noise[c] = sky_level_and_noise(plane)
         fluxes[:, c] = aperture_fluxes(plane, paired[:, 0], paired[:, 1], aperture)
-        plane *= ADU_SCALE
-        frames[slot, c] = plane if is_reference else warp(plane, registration.matrix, header.shape,
-                                                          options.interpolation)
+    colour = np.multiply(rgb, ADU_SCALE, dtype=np.float32)
+    # one warp for the three channels: OpenCV computes each pixel's source position once
+    warped = colour if is_reference else warp(colour, registration.matrix, header.shape, options.interpolation)
+    del colour
+    frames = cube.map(writable=True)
+    for c in range(3):
+        frames[slot, c] = warped[..., c]
     return Registered(index, registration, sky, noise, fluxes)
 
 
 def _combine_rows(task) -> int:
     rows, slots, gain, offset, weights, options, cube, output, coverage = task
     frames = cube.map()
-    block = np.asarray(frames[slots, :, rows[0]:rows[1]], dtype=np.float32)   # (M, 3, rows, W)
+    count, width = len(slots), frames.shape[3]
+    block = np.empty((count, 3, rows[1] - rows[0], width), np.float32)
+    for k, slot in enumerate(slots):  # frame by frame: no second, cube-typed copy of the block
+        np.multiply(frames[slot, :, rows[0]:rows[1]], gain[k, :, None, None], out=block[k])
+        block[k] += offset[k, :, None, None]
     del frames
-    block *= gain[:, :, None, None]
-    block += offset[:, :, None, None]
-    count, width = block.shape[0], block.shape[3]
     image = output.map(writable=True)
     rejected = 0
     for c in range(3):
@@ -187,30 +171,6 @@ def _combine_rows(task) -> int:
 
 # ---------------------------------------------------------------------------------- orchestration
 
-class _InProcess:
-    """Runs tasks in the calling process: one worker needs no pool (and no second copy of anything)."""
-
-    def imap_unordered(self, function, tasks):
-        return map(function, tasks)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _pool(workers: int):
-    if workers <= 1:
-        return _InProcess()
-    # forkserver, not fork: the stacker forks while its heartbeat (and --jobs) threads run, and a
-    # child forked from a threaded parent can inherit a held lock and hang. The server process is
-    # clean, and preloading this module keeps a worker's start-up to milliseconds.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context.Pool(workers, initializer=_init_worker)
-
-
 def stack_files(paths: Sequence[Path], *, names: Sequence[str] | None = None, progress: Progress | None = None,
                 options: StackOptions = StackOptions()) -> StackResult:
     """Stack raw Bayer FITS frames into one colour image.
@@ -218,6 +178,7 @@ def stack_files(paths: Sequence[Path], *, names: Sequence[str] | None = None, pr
     paths: the frames (read only here). names: display names for verdicts and the FRAMES table,
     default the file names. progress(fraction 0..1, message) is called per frame while measuring and
     registering and per row block while combining. Raises StackingError if no frame can be used.
+    With more than one worker the stack runs in a process of its own (see runner.py).
     """
     paths = [Path(p) for p in paths]
     names = [p.name for p in paths] if names is None else [str(n) for n in names]
@@ -227,52 +188,60 @@ def stack_files(paths: Sequence[Path], *, names: Sequence[str] | None = None, pr
         raise StackingError("no frames to stack")
     report = progress or (lambda fraction, message: None)
     workers = min(options.workers or os.cpu_count() or 1, len(paths))
+    if workers > 1:
+        return run_in_subprocess(paths, names, report, options, workers)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=options.tmp_dir) as workdir:
+        return run_pipeline(paths, names, report, options, InProcess(), Path(workdir), 1)
 
-    with tempfile.TemporaryDirectory(prefix="crowdsky-stack-", dir=options.tmp_dir) as tmp, _pool(workers) as pool:
-        measured: list[Measured] = [Measured(i) for i in range(len(paths))]
-        tasks = [(i, str(p), options) for i, p in enumerate(paths)]
-        for done, result in enumerate(pool.imap_unordered(_measure, tasks), 1):
-            measured[result.index] = result
-            report(PROGRESS_MEASURED * done / len(paths), f"measured {done}/{len(paths)}")
 
-        reasons, reference = _grade(measured, options)
-        candidates = [i for i, reason in enumerate(reasons) if reason is None]
-        if not candidates:
-            raise StackingError(_nothing_usable(names, reasons))
+def run_pipeline(paths: list[Path], names: list[str], report: Progress, options: StackOptions, pool,
+                 workdir: Path, workers: int) -> StackResult:
+    """The pipeline proper. pool runs the per-frame and per-block steps (imap_unordered); workdir is
+    scratch space for the frame cube and the output."""
+    measured: list[Measured] = [Measured(i) for i in range(len(paths))]
+    tasks = [(i, str(p), options) for i, p in enumerate(paths)]
+    for done, result in enumerate(pool.imap_unordered(_measure, tasks), 1):
+        measured[result.index] = result
+        report(PROGRESS_MEASURED * done / len(paths), f"measured {done}/{len(paths)}")
 
-        shape = measured[reference].header.shape
-        cube = DiskArray.create(Path(tmp) / "frames.cube", options.cube_dtype, (len(candidates), 3, *shape))
-        ref_xy = measured[reference].stars.xy
-        fwhm = np.nanmedian([measured[i].stars.fwhm_px for i in candidates])
-        aperture = float(np.clip(2.0 * fwhm, 3.0, 15.0)) if np.isfinite(fwhm) else 6.0
-        tasks = [(i, slot, str(paths[i]), measured[i].stars.xy, measured[i].stars.flux, ref_xy, i == reference,
-                  aperture, options, cube) for slot, i in enumerate(candidates)]
-        registered: dict[int, Registered] = {}
-        for done, result in enumerate(pool.imap_unordered(_register, tasks), 1):
-            registered[result.index] = result
-            if result.error:
-                reasons[result.index] = result.error
-            report(PROGRESS_MEASURED + (PROGRESS_REGISTERED - PROGRESS_MEASURED) * done / len(tasks),
-                   f"registered {done}/{len(tasks)}")
+    reasons, reference = _grade(measured, options)
+    candidates = [i for i, reason in enumerate(reasons) if reason is None]
+    if not candidates:
+        raise StackingError(_nothing_usable(names, reasons))
 
-        used = [i for i in candidates if reasons[i] is None]
-        slots = np.array([candidates.index(i) for i in used])
-        gain, offset, weights = _normalise(used, reference, registered, options)
+    shape = measured[reference].header.shape
+    cube = DiskArray.create(workdir / "frames.cube", options.cube_dtype, (len(candidates), 3, *shape))
+    ref_xy = measured[reference].stars.xy
+    fwhm = np.nanmedian([measured[i].stars.fwhm_px for i in candidates])
+    aperture = float(np.clip(2.0 * fwhm, 3.0, 15.0)) if np.isfinite(fwhm) else 6.0
+    tasks = [(i, slot, str(paths[i]), measured[i].stars.xy, measured[i].stars.flux, ref_xy, i == reference,
+              aperture, options, cube) for slot, i in enumerate(candidates)]
+    registered: dict[int, Registered] = {}
+    for done, result in enumerate(pool.imap_unordered(_register, tasks), 1):
+        registered[result.index] = result
+        if result.error:
+            reasons[result.index] = result.error
+        report(PROGRESS_MEASURED + (PROGRESS_REGISTERED - PROGRESS_MEASURED) * done / len(tasks),
+               f"registered {done}/{len(tasks)}")
 
-        output = DiskArray.create(Path(tmp) / "stack.f32", "float32", (3, *shape))
-        coverage = DiskArray.create(Path(tmp) / "coverage.i16", "int16", shape)
-        blocks = _row_blocks(shape, len(used), workers, options.mem_limit)
-        tasks = [(rows, slots, gain, offset, weights, options, cube, output, coverage) for rows in blocks]
-        rejected = 0
-        for done, dropped in enumerate(pool.imap_unordered(_combine_rows, tasks), 1):
-            rejected += dropped
-            report(PROGRESS_REGISTERED + (1 - PROGRESS_REGISTERED) * done / len(tasks),
-                   f"combined block {done}/{len(tasks)}")
-        image = np.array(output.map())
-        cover = np.array(coverage.map())
+    used = [i for i in candidates if reasons[i] is None]
+    if reference not in used:  # it was read a moment ago; only a file replaced meanwhile gets here
+        raise StackingError(f"the reference frame {names[reference]} could not be read again: {reasons[reference]}")
+    slots = np.array([candidates.index(i) for i in used])
+    gain, offset, weights = _normalise(used, reference, registered, options)
 
-    return _result(image, cover, paths, names, measured, registered, reasons, used, reference, weights,
-                   rejected, options)
+    output = DiskArray.create(workdir / "stack.f32", "float32", (3, *shape))
+    coverage = DiskArray.create(workdir / "coverage.i16", "int16", shape)
+    blocks = _row_blocks(shape, len(used), workers, options.mem_limit)
+    tasks = [(rows, slots, gain, offset, weights, options, cube, output, coverage) for rows in blocks]
+    rejected = 0
+    for done, dropped in enumerate(pool.imap_unordered(_combine_rows, tasks), 1):
+        rejected += dropped
+        report(PROGRESS_REGISTERED + (1 - PROGRESS_REGISTERED) * done / len(tasks),
+               f"combined block {done}/{len(tasks)}")
+    pool.close()  # the workers' memory is no longer needed while the result is put together
+    return _result(np.array(output.map()), np.array(coverage.map()), names, measured, registered, reasons, used,
+                   reference, weights, rejected, options)
 
 
 def _grade(measured: list[Measured], options: StackOptions) -> tuple[list[str | None], int]:
@@ -332,13 +301,12 @@ def _normalise(used: list[int], reference: int, registered: dict[int, Registered
 def _row_blocks(shape: tuple[int, int], frames: int, workers: int, mem_limit: int) -> list[tuple[int, int]]:
     """Row ranges sized so that all workers' blocks together stay within mem_limit bytes.
 
-    A block costs frames × 3 × rows × W values, once as read (cube dtype, ≤ 4 bytes) and once as
-    float32, plus CHUNK_OVERHEAD of temporaries per worker; there are at least 2 blocks per worker
-    so that nobody idles at the end.
+    A block costs frames × 3 × rows × W float32 values plus CHUNK_OVERHEAD of temporaries per worker;
+    there are at least 2 blocks per worker so that nobody idles at the end.
     """
     height, width = shape
     per_worker = max(mem_limit // workers - CHUNK_OVERHEAD, 2**20)
-    rows = max(1, per_worker // (frames * 3 * width * 8))
+    rows = max(1, per_worker // (frames * 3 * width * 4))
     rows = min(rows, max(1, -(-height // (2 * workers))))
     return [(start, min(start + rows, height)) for start in range(0, height, rows)]
 
@@ -348,10 +316,8 @@ def _nothing_usable(names: list[str], reasons: list[str | None]) -> str:
     return f"no frame could be used ({len(names)} given): {listed}"
 
 
-def _result(image, cover, paths, names, measured, registered, reasons, used, reference, weights, rejected,
+def _result(image, cover, names, measured, registered, reasons, used, reference, weights, rejected,
             options) -> StackResult:
-    if not used:
-        raise StackingError(_nothing_usable(names, reasons))
     weight_of = {i: float(weights[k].mean()) for k, i in enumerate(used)}
     verdicts, rows = [], []
     for i, name in enumerate(names):

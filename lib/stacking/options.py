@@ -1,0 +1,76 @@
+"""The stacking pipeline's public value types: options in, per-frame verdicts out, and its one error."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class StackingError(Exception):
+    """No frame of the set could be used; the message says why, naming the frames and their reasons."""
+
+
+REJECTIONS = ("winsorized", "sigma", "percentile", "none")
+NORMALIZATIONS = ("addscale", "add", "none")
+WEIGHTINGS = ("noise", "none")
+INTERPOLATIONS = ("lanczos4", "cubic")
+CUBE_DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """Everything the pipeline lets a caller choose. Defaults match a Seestar session stacked the way
+    Siril's Seestar scripts do it (winsorized 3/3, additive+scale normalisation, noise weights)."""
+
+    # pixel rejection: "winsorized" sigma clipping, plain "sigma" clipping, "percentile" clipping, "none"
+    rejection: str = "winsorized"
+    sigma_low: float = 3.0           # in units of the (winsorized) standard deviation
+    sigma_high: float = 3.0
+    percentile_low: float = 0.2      # percentile clipping: fraction of the pixel's median below it
+    percentile_high: float = 0.1     # ... and above it
+    max_clip_iterations: int = 5     # rejection passes per pixel stack
+
+    normalization: str = "addscale"  # "addscale": sky offset + star-flux scale, "add": offset only, "none"
+    weighting: str = "noise"         # "noise": inverse variance of each frame's normalised sky noise
+
+    grading: bool = True             # reject outlier frames (cloudy, trailed, blurred, few stars)
+    grade_k: float = 3.0             # a frame is an outlier beyond median ± grade_k · 1.4826 · MAD
+
+    detect_sigma: float = 5.0        # star detection threshold in units of the sky noise
+    max_stars: int = 200             # brightest stars kept per frame for matching and photometry
+    min_stars: int = 6               # fewer detected stars than this and a frame cannot be registered
+    min_matches: int = 6             # star pairs needed to accept a registration
+    max_residual_px: float = 1.0     # RMS of matched star positions after the fit, in pixels
+    max_scale_error: float = 0.02    # |scale - 1| allowed: frames of one telescope share a plate scale
+
+    interpolation: str = "cubic"     # warp kernel: "cubic" or "lanczos4" (sharper, ~5x slower)
+
+    workers: int | None = None       # worker processes; None: min(cores, frames); 1: all in the caller
+    mem_limit: int = 128 * 2**20     # bytes of working memory the combine step may use, all workers together
+    cube_dtype: str = "float16"      # registered frames on disk; float16 halves I/O at ~0.05 % precision
+    tmp_dir: str | None = None       # where the disk-backed cube lives; None: the system temp dir
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("rejection", REJECTIONS), ("normalization", NORMALIZATIONS),
+                              ("weighting", WEIGHTINGS), ("interpolation", INTERPOLATIONS),
+                              ("cube_dtype", CUBE_DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"StackOptions.{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        if self.mem_limit < 8 * 2**20:
+            raise ValueError("StackOptions.mem_limit must be at least 8 MiB")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("StackOptions.workers must be at least 1")
+
+
+@dataclass(frozen=True)
+class FrameVerdict:
+    """What happened to one input frame. Measurements are on the frame's luminance in raw ADU;
+    they are None when the frame could not be read or measured."""
+
+    name: str
+    used: bool
+    reason: str | None
+    fwhm_px: float | None = None
+    stars: int | None = None
+    background: float | None = None
+    noise: float | None = None
+    residual_px: float | None = None   # registration RMS of matched stars, pixels
+    weight: float | None = None        # relative combine weight (mean over channels), best frame = 1

@@ -1,0 +1,193 @@
+"""Registration: a similarity transform (rotation, uniform scale, shift) from a frame's stars onto the
+reference frame's stars, then the warp that applies it.
+
+The first guess is a translation that many pairs of bright stars agree on (frames of one session
+mostly drift), and when that does not pair up most stars, astroalign's triangle-invariant search on
+the brightest stars, which is robust to any rotation and large shifts. Either guess is then refined by
+weighted least squares over every star pair it implies, which brings the error well below a tenth of
+a pixel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import astroalign
+import cv2
+import numpy as np
+from scipy.spatial import cKDTree
+
+ASTERISM_STARS = 30          # brightest stars handed to the triangle search: enough to match, half the time of 50
+PAIR_RADIUS_PX = 3.0         # a predicted position this close to a reference star makes a pair
+MIN_PAIR_RADIUS_PX = 0.3     # pairs are never required to agree better than this
+SHIFT_STARS = 25             # brightest stars whose pairwise offsets vote for a translation
+SHIFT_TOLERANCE_PX = 2.0
+SHIFT_MIN_VOTES = 6
+SHIFT_PAIRED_FRACTION = 0.5  # a translation start is kept only if half the stars then pair up
+REFINE_PASSES = 4
+
+INTERPOLATION_FLAGS = {"cubic": cv2.INTER_CUBIC, "lanczos4": cv2.INTER_LANCZOS4}
+
+
+class RegistrationError(ValueError):
+    """The frame cannot be put onto the reference; the message is the reason shown to the owner."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """matrix: (2, 3) float64 affine taking frame pixel (x, y, 1) to reference pixel (x, y).
+    residual_px: RMS distance of paired stars after the fit. frame_index, ref_index: (m,) int arrays
+    pairing the frame's stars with the reference's (indices into the lists given to find_registration)."""
+
+    matrix: np.ndarray
+    residual_px: float
+    frame_index: np.ndarray
+    ref_index: np.ndarray
+
+    @property
+    def matches(self) -> int:
+        return int(len(self.frame_index))
+
+    @property
+    def scale(self) -> float:
+        return float(np.hypot(self.matrix[0, 0], self.matrix[1, 0]))
+
+    @property
+    def rotation_deg(self) -> float:
+        return float(np.degrees(np.arctan2(self.matrix[1, 0], self.matrix[0, 0])))
+
+    @classmethod
+    def identity(cls, n_stars: int) -> "Registration":
+        """The reference onto itself: every star paired with itself."""
+        index = np.arange(n_stars)
+        return cls(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), 0.0, index, index)
+
+
+def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Weighted least-squares similarity taking src points onto dst points.
+
+    src, dst: (n, 2) float (x, y), n ≥ 2; weights: (n,) ≥ 0 or None for equal weights.
+    Returns the (2, 3) matrix [[a, -b, tx], [b, a, ty]].
+    """
+    x, y = src[:, 0], src[:, 1]
+    ones, zeros = np.ones_like(x), np.zeros_like(x)
+    design = np.vstack([np.column_stack([x, -y, ones, zeros]), np.column_stack([y, x, zeros, ones])])
+    target = np.concatenate([dst[:, 0], dst[:, 1]])
+    if weights is not None:
+        root = np.sqrt(np.concatenate([weights, weights]))
+        design, target = design * root[:, None], target * root
+    a, b, tx, ty = np.linalg.lstsq(design, target, rcond=None)[0]
+    return np.array([[a, -b, tx], [b, a, ty]])
+
+
+def apply_matrix(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """(n, 2) points through a (2, 3) affine matrix."""
+    return xy @ matrix[:, :2].T + matrix[:, 2]
+
+
+def find_registration(frame_xy: np.ndarray, ref_xy: np.ndarray, frame_flux: np.ndarray | None = None, *,
+                      min_matches: int = 6, max_residual_px: float = 1.0,
+                      max_scale_error: float = 0.02) -> Registration:
+    """Register a frame's stars onto the reference's.
+
+    frame_xy, ref_xy: (n, 2) float star positions in px, brightest first; frame_flux: (n,) the frame's
+    star fluxes, to weight the fit (a faint star's centroid is noisier), or None for equal weights.
+    Raises RegistrationError (with a reason fit for the owner) when no transform is found, too few
+    stars pair up, the fit's residual is too large, or the scale is not ~1 (a false match).
+    """
+    if len(frame_xy) < 3 or len(ref_xy) < 3:
+        raise RegistrationError(f"cannot register: {len(frame_xy)} stars in the frame, "
+                                f"{len(ref_xy)} in the reference (3 needed to match)")
+    registration = None
+    shift = shift_guess(frame_xy, ref_xy)
+    if shift is not None:  # frames of one session are usually just shifted a little: try that first
+        try:
+            registration = _refine(shift, frame_xy, ref_xy, frame_flux, min_matches)
+        except RegistrationError:
+            pass
+        well_paired = SHIFT_PAIRED_FRACTION * min(len(frame_xy), len(ref_xy))
+        if registration is not None and (registration.matches < well_paired
+                                         or registration.residual_px > max_residual_px):
+            registration = None
+    if registration is None:
+        try:
+            guess, _ = astroalign.find_transform(frame_xy[:ASTERISM_STARS], ref_xy[:ASTERISM_STARS])
+        except (astroalign.MaxIterError, ValueError, TypeError) as exc:
+            raise RegistrationError(f"cannot register: no star pattern in common with the reference ({exc})") \
+                from None
+        registration = _refine(np.asarray(guess.params, float)[:2], frame_xy, ref_xy, frame_flux, min_matches)
+
+    if abs(registration.scale - 1.0) > max_scale_error:
+        raise RegistrationError(f"cannot register: matched transform has scale {registration.scale:.3f} "
+                                f"(a false match; frames of one telescope share a scale)")
+    if registration.residual_px > max_residual_px:
+        raise RegistrationError(f"cannot register: star positions disagree by {registration.residual_px:.2f} px "
+                                f"RMS after the fit (limit {max_residual_px:.2f})")
+    return registration
+
+
+def shift_guess(frame_xy: np.ndarray, ref_xy: np.ndarray) -> np.ndarray | None:
+    """A pure translation most pairs of bright stars agree on, as a (2, 3) matrix, or None.
+
+    Every offset between one of the frame's and one of the reference's brightest stars is a candidate;
+    the true shift is the one many candidates share (within SHIFT_TOLERANCE_PX), chance offsets are not.
+    """
+    offsets = (ref_xy[:SHIFT_STARS, None, :] - frame_xy[None, :SHIFT_STARS, :]).reshape(-1, 2)
+    votes = cKDTree(offsets).query_ball_point(offsets, r=SHIFT_TOLERANCE_PX, return_length=True)
+    best = int(np.argmax(votes))
+    if votes[best] < SHIFT_MIN_VOTES:
+        return None
+    agreeing = np.linalg.norm(offsets - offsets[best], axis=1) <= SHIFT_TOLERANCE_PX
+    dx, dy = offsets[agreeing].mean(axis=0)
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
+
+
+def _refine(matrix: np.ndarray, frame_xy: np.ndarray, ref_xy: np.ndarray, frame_flux: np.ndarray | None,
+            min_matches: int) -> Registration:
+    """Pair every star the first guess brings near a reference star and fit, a few times over."""
+    tree = cKDTree(ref_xy)
+    radius = PAIR_RADIUS_PX
+    frame_index = ref_index = np.zeros(0, int)
+    for _ in range(REFINE_PASSES):
+        distance, nearest = tree.query(apply_matrix(matrix, frame_xy), distance_upper_bound=radius)
+        frame_index, ref_index = _unique_pairs(distance, nearest, len(ref_xy))
+        if len(frame_index) < max(min_matches, 3):
+            raise RegistrationError(f"cannot register: only {len(frame_index)} stars pair with the reference "
+                                    f"(need {min_matches})")
+        matrix = fit_similarity(frame_xy[frame_index], ref_xy[ref_index], _fit_weights(frame_flux, frame_index))
+        error = np.linalg.norm(apply_matrix(matrix, frame_xy[frame_index]) - ref_xy[ref_index], axis=1)
+        # next pass: drop pairs far off the fit (blends, a hot pixel next to a star, wrong neighbours);
+        # the median error keeps a few such pairs from widening the net that is meant to catch them
+        radius = max(3.0 * float(np.median(error)), MIN_PAIR_RADIUS_PX)
+    error = np.linalg.norm(apply_matrix(matrix, frame_xy[frame_index]) - ref_xy[ref_index], axis=1)
+    return Registration(matrix, float(np.sqrt(np.mean(error ** 2))), frame_index, ref_index)
+
+
+def _fit_weights(flux: np.ndarray | None, index: np.ndarray) -> np.ndarray | None:
+    """Inverse-variance weights of centroids: a faint star's position error grows as 1/flux against
+    the sky noise, so weight ∝ flux², capped at the 80th percentile so that a few bright, possibly
+    saturated or blended stars cannot dominate."""
+    if flux is None:
+        return None
+    paired = np.maximum(flux[index], 0.0)
+    return np.minimum(paired, np.percentile(paired, 80)) ** 2 + 1e-12
+
+
+def _unique_pairs(distance: np.ndarray, nearest: np.ndarray, n_ref: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs from a nearest-neighbour query, each reference star used once (by its closest frame star)."""
+    found = np.flatnonzero(nearest < n_ref)
+    order = found[np.argsort(distance[found])]
+    _, first = np.unique(nearest[order], return_index=True)
+    keep = np.sort(order[first])
+    return keep, nearest[keep]
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], interpolation: str = "cubic") -> np.ndarray:
+    """Resample an image onto the reference grid.
+
+    image: (H, W) or (H, W, C) float32, C ≤ 4; matrix: (2, 3) frame → reference; shape: (H, W) of the
+    output. Returns the same layout on the output grid; pixels the frame does not cover (and a
+    kernel's width inside its edge) are NaN.
+    """
+    border = (float("nan"),) * (image.shape[2] if image.ndim == 3 else 1)
+    return cv2.warpAffine(image, matrix, (shape[1], shape[0]), flags=INTERPOLATION_FLAGS[interpolation],
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=border)

@@ -1,0 +1,191 @@
+"""The stacking process: where a multi-worker stack actually runs.
+
+stack_files() starts `python -m lib.stacking.runner WORKDIR CALLER_PID` and waits for it. The runner is a fresh
+interpreter that imports only the pipeline, forks its worker pool before doing anything else, streams
+progress back as JSON lines on stdout and leaves the result (or the reason there is none) in WORKDIR.
+
+Why a process of its own rather than a pool in the caller:
+- the caller may run threads (the stacker's heartbeats, a web server); forking a threaded process can
+  hand the child a lock that is never released. The runner has run nothing but imports when it forks.
+- spawn- or forkserver-started workers would re-import the caller's main module (for the stacker:
+  its database and storage clients) in every worker; the runner's workers carry only the pipeline.
+- whatever the stack allocates goes back to the system when the runner exits.
+- if the caller dies the runner and its workers die with it (PR_SET_PDEATHSIG), and the next stack
+  removes the scratch directory they leave behind.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Callable
+
+import cv2
+
+from .options import StackingError, StackOptions
+
+SCRATCH_PREFIX = "crowdsky-stack-"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class InProcess:
+    """Runs tasks in the calling process: one worker needs no pool (and no second copy of anything)."""
+
+    def imap_unordered(self, function, tasks):
+        return map(function, tasks)
+
+    def close(self) -> None:
+        pass
+
+
+class Workers:
+    """A fork-started process pool yielding results as they finish. A worker that dies (killed, out
+    of memory) fails the stack with BrokenProcessPool instead of leaving it waiting forever."""
+
+    def __init__(self, workers: int):
+        # with "fork" the executor starts every worker at its first task, before its own threads
+        context = multiprocessing.get_context("fork")
+        self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+    def imap_unordered(self, function, tasks):
+        for future in as_completed([self._executor.submit(function, task) for task in tasks]):
+            yield future.result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _init_worker() -> None:
+    _die_with_parent()
+    # each worker is one of min(cores, frames) processes: OpenCV's own threads would only compete
+    cv2.setNumThreads(1)
+    _keep_freed_memory()
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc / not Linux: the tuning below is skipped
+        return None
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this process when its parent dies (Linux), so that nothing keeps running
+    for a stacker that was killed."""
+    libc = _libc()
+    if libc is not None:
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _keep_freed_memory() -> None:
+    """Ask glibc to keep freed blocks for reuse instead of handing them back to the kernel.
+
+    The combine step allocates and frees the same few megabytes thousands of times; by default glibc
+    returns each block to the kernel and the next allocation page-faults it back in, which costs about
+    as much as the arithmetic. The working set stays bounded by StackOptions.mem_limit either way.
+    """
+    libc = _libc()
+    if libc is not None:
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        # the combine step's temporaries (a few MB each) come from the heap and are reused; a row
+        # block (tens of MB, once per task) still gets its own mapping and goes back on free
+        libc.mallopt(m_mmap_threshold, 16 * 2**20)
+        libc.mallopt(m_trim_threshold, 64 * 2**20)
+
+
+# ----------------------------------------------------------------------------------- caller side
+
+def run_in_subprocess(paths: list[Path], names: list[str], report: Callable[[float, str], None],
+                      options: StackOptions, workers: int):
+    """Run the pipeline in a runner process; returns its StackResult or raises its StackingError."""
+    scratch_root = Path(options.tmp_dir or tempfile.gettempdir())
+    _remove_orphaned_scratch(scratch_root)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_root) as workdir:
+        with open(Path(workdir) / "request.pickle", "wb") as handle:
+            pickle.dump((paths, names, options, workers), handle)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+        # stderr goes to a file: a pipe nobody reads until the end could fill up and stall the runner
+        with open(Path(workdir) / "stderr.txt", "w+") as errors:
+            command = [sys.executable, "-m", "lib.stacking.runner", workdir, str(os.getpid())]
+            process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=errors, text=True)
+            try:
+                for line in process.stdout:
+                    try:
+                        fraction, message = json.loads(line)
+                    except (ValueError, TypeError):  # something else printed to stdout: not ours
+                        continue
+                    report(fraction, message)
+            except BaseException:  # the caller gave up (its progress callback raised, Ctrl-C): stop the stack
+                process.kill()
+                process.wait()
+                raise
+            if process.wait() != 0:
+                errors.seek(0)
+                raise RuntimeError(f"the stacking process failed with exit code {process.returncode}: "
+                                   f"{errors.read().strip()[-2000:]}")
+        with open(Path(workdir) / "result.pickle", "rb") as handle:
+            outcome, value = pickle.load(handle)
+    if outcome == "error":
+        raise StackingError(value)
+    return value
+
+
+def _remove_orphaned_scratch(root: Path) -> None:
+    """Delete scratch directories of stacks whose process no longer exists (it was killed)."""
+    for candidate in root.glob(f"{SCRATCH_PREFIX}*-*"):
+        owner = candidate.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ----------------------------------------------------------------------------------- runner side
+
+def main(workdir: str, caller: int) -> int:
+    _die_with_parent()
+    if os.getppid() != caller:  # the caller died before we could ask to die with it
+        return 1
+    from .pipeline import run_pipeline  # before the fork: the workers share the imported libraries
+
+    with open(Path(workdir) / "request.pickle", "rb") as handle:
+        paths, names, options, workers = pickle.load(handle)
+    pool = Workers(workers)
+
+    def report(fraction: float, message: str) -> None:
+        print(json.dumps([fraction, message]), flush=True)
+
+    try:
+        outcome = ("ok", run_pipeline(paths, names, report, options, pool, Path(workdir), workers))
+    except StackingError as exc:
+        outcome = ("error", str(exc))
+    finally:
+        pool.close()
+    with open(Path(workdir) / "result.pickle", "wb") as handle:
+        pickle.dump(outcome, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return 0
+
+
+if __name__ == "__main__":
+    status = main(sys.argv[1], int(sys.argv[2]))
+    sys.stdout.flush()
+    os._exit(status)  # the result is on disk: skip tearing down the interpreter, the caller is waiting
