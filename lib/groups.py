@@ -13,7 +13,6 @@ of them wins and the other is retried on the new version. Nothing is lost, nothi
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -22,9 +21,8 @@ from astropy.io import fits
 from lib import chunks, queue, stacks
 from lib.db import now
 from lib.stacking.options import StackingError
-from lib.storage import StorageError
+from lib.storage import delete_quietly
 
-log = logging.getLogger("crowdsky.groups")
 
 DEEP, CROWD = stacks.DEEP, stacks.CROWD
 GROUP_RADIUS_DEG = 0.5          # chunk stack centres this close are one target
@@ -140,12 +138,12 @@ def complete_group_job(db, archive, lease, fits_path, preview_path) -> int | Non
     try:
         group_id = queue.complete(db, lease, record)
     except GroupConflict:
-        _delete_quietly(archive, (fits_key, preview_key))
+        delete_quietly(archive, (fits_key, preview_key))
         raise
     if group_id is None:
-        _delete_quietly(archive, (fits_key, preview_key))
+        delete_quietly(archive, (fits_key, preview_key))
         return None
-    _delete_quietly(archive, [k for k in old_keys if k])
+    delete_quietly(archive, [k for k in old_keys if k])
     return group_id
 
 
@@ -179,7 +177,7 @@ def set_sharing(svc, owner_id: int, share: bool) -> list[int]:
             tx["jobs"].update({"id": job_id, "payload": json.dumps(
                 {"group": group_id, "rebuild": True, "version": version})}, ["id"])
             rebuilds.append(job_id)
-    _delete_quietly(svc.archive, stale)
+    delete_quietly(svc.archive, stale)
     return rebuilds
 
 
@@ -211,11 +209,3 @@ def contributing_stacks(db, group_id: int) -> list[dict]:
 
 def _float(value):
     return None if value is None else float(value)
-
-
-def _delete_quietly(archive, keys) -> None:
-    for key in keys:
-        try:
-            archive.delete(key)
-        except StorageError as exc:      # the janitor's reconcile pass removes what is left
-            log.warning("could not delete %s: %s", key, exc)

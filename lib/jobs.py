@@ -6,12 +6,10 @@ which frames it stacks, where its outputs go, and what must be cleaned up when i
 from __future__ import annotations
 
 import hmac
-import logging
 
 from lib import groups, queue, stacks
-from lib.storage import StorageError
+from lib.storage import delete_quietly
 
-log = logging.getLogger("crowdsky.jobs")
 
 
 class JobError(Exception):
@@ -67,22 +65,13 @@ def complete_chunk_job(svc, lease, fits_path, preview_path) -> int | None:
 
     stack_id = queue.complete(db, lease, record)
     if stack_id is None:
-        _delete_quietly(archive, [fits_key, preview_key])
+        delete_quietly(archive, [fits_key, preview_key])
         return None
-    _delete_quietly(buffer, [f["buffer_key"] for f in frames])
+    delete_quietly(buffer, [f["buffer_key"] for f in frames])
     with db as tx:
         for frame in frames:
             tx["frames"].update({"id": frame["id"], "status": "stacked"}, ["id"])
     return stack_id
-
-
-def _delete_quietly(storage, keys) -> None:
-    """Delete what is no longer needed; what fails here is left for the janitor's reconcile pass."""
-    for key in keys:
-        try:
-            storage.delete(key)
-        except StorageError as exc:
-            log.warning("could not delete %s: %s", key, exc)
 
 
 def current_lease(db, job_id: int, token: str | None) -> queue.Lease:
@@ -140,8 +129,8 @@ def delete(db, buffer, archive, owner_id: int, job_id: int) -> None:
     if job["status"] == "running":
         raise JobError(409, f"job {job_id} is running; wait for it to finish or fail")
     frames = list(db["frames"].find(chunk_id=job["chunk_id"]))
-    _delete_quietly(buffer, [f["buffer_key"] for f in frames if f["status"] == "buffered"])
-    _delete_quietly(archive, list(archive.list(f"stacks/{job['kind']}/{job_id}/")))
+    delete_quietly(buffer, [f["buffer_key"] for f in frames if f["status"] == "buffered"])
+    delete_quietly(archive, list(archive.list(f"stacks/{job['kind']}/{job_id}/")))
     if job["stack_id"]:
         stack = db["stacks"].find_one(id=job["stack_id"])
         if stack:

@@ -25,6 +25,8 @@ up mid-upload) come out of ``put`` unchanged, so they are never mistaken for a s
 """
 from __future__ import annotations
 
+import logging
+
 import os
 import secrets
 import stat
@@ -755,3 +757,13 @@ def _open_s3(parts, credentials: Credentials | None, role: str) -> S3Storage:
                      region=query.get("region", "us-east-1"), credentials=credentials,
                      expire_days=expire_days, role=role,
                      public_endpoint=_endpoint(public, True) if public else None)
+
+
+def delete_quietly(storage: Storage, keys) -> None:
+    """Delete objects that are no longer needed; one that cannot be deleted now is logged and left
+    for the janitor's reconcile pass, never allowed to fail the work that made it unneeded."""
+    for key in keys:
+        try:
+            storage.delete(key)
+        except StorageError as exc:
+            logging.getLogger("crowdsky.storage").warning("could not delete %s: %s", key, exc)
