@@ -430,6 +430,12 @@ def api_upload_frame(session_id, filename):
     return json_response(result.frame, 201 if result.created else 200)
 
 
+@app.get("/api/v1/frames/<sha256>")
+def api_frame_by_sha256(sha256):
+    user = require_user()
+    return json_response(uploads.frame_by_sha256(svc.db, user["id"], sha256))
+
+
 @app.post("/api/v1/sessions/<session_id:int>/finalize")
 def api_finalize(session_id):
     user = require_user()

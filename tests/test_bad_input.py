@@ -145,3 +145,17 @@ def test_invalid_json_is_refused(site):
     response = requests.post(site.url + "/api/v1/register", data=b"{not json",
                              headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
+
+
+def test_frames_are_found_by_their_bytes_only_by_their_owner(site, owner):
+    import hashlib
+    session = owner.new_session()
+    body = small_frame_bytes(seed=11)
+    assert owner.put_frame(session, "known.fit", body).status_code == 201
+    digest = hashlib.sha256(body).hexdigest()
+    found = owner.get(f"/api/v1/frames/{digest}")
+    assert found.status_code == 200 and found.json()["session_id"] == session
+    stranger = site.user("stranger")
+    assert stranger.get(f"/api/v1/frames/{digest}").status_code == 404
+    malformed = owner.get("/api/v1/frames/not-a-digest")
+    assert malformed.status_code == 400 and "sha256" in malformed.json()["error"]

@@ -212,6 +212,12 @@ def test_reload_resumes_the_batch_and_skips_what_is_in(deployment, page, artifac
     page.reload()
     expect(page.locator("#resume")).to_be_hidden()
 
+    # The same files again, in a new batch: the server has their bytes, so none is sent again.
+    page.set_input_files("#picker", frames)
+    expect(page.locator("ul.files li.skipped")).to_have_count(3, timeout=30_000)
+    expect(page.locator("ul.files li.skipped .state").first).to_contain_text("earlier batch")
+    assert len(puts) == 3, puts
+
     # Changed their mind: the status page deletes the job (after asking) with its raw frames.
     page.goto(url + "/status")
     expect(page.locator("td.state").first).to_contain_text("pending")
