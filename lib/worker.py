@@ -26,6 +26,7 @@ from lib.db import release
 from lib.stacking import StackingError, stack_files
 from lib.stacking.group_files import rebuild_group, update_group
 from lib.stacking.imported import read_telescope_stack
+from lib.stacking.register import RegistrationError
 
 log = logging.getLogger("crowdsky.stacker")
 
@@ -204,10 +205,14 @@ def _import_telescope_stack(paths, inputs, payload, kind, progress):
 def _update_group(paths, inputs, payload, kind, progress):
     """A deep or crowd job: one new chunk stack added to the group's running sum, or (rebuild) the
     group made anew from its remaining chunk stacks."""
-    if payload.get("rebuild"):
-        return rebuild_group(paths, kind, payload["version"], progress)
-    by_id = {item["id"]: path for item, path in zip(inputs, paths)}
-    return update_group(by_id.get("group"), by_id["source"], kind, progress)
+    try:
+        if payload.get("rebuild"):
+            return rebuild_group(paths, kind, payload["version"], progress)
+        by_id = {item["id"]: path for item, path in zip(inputs, paths)}
+        return update_group(by_id.get("group"), by_id["source"], kind, progress)
+    except RegistrationError as exc:
+        # Trying again cannot make a stack register: keep it apart, and say why.
+        raise StackingError(f"kept out of the {kind} stack: {exc}") from None
 
 
 # What each kind of job makes of its inputs: (paths, inputs, payload, kind, progress) -> a result

@@ -11,8 +11,9 @@ earlier one:
 ``scale`` puts the newcomer on the grid's brightness scale (median flux ratio of paired stars), and
 σ is its sky noise, so each pixel is an inverse-variance weighted mean: a plain mean of stacks of
 different depth would be noisier than the deepest of them. Stacks from different telescopes
-(S50, S30, S30 Pro: other pixel scales and frame sizes) register by a similarity transform with
-scale; one that does not register is refused with the reason.
+(S50, S30, S30 Pro: other pixel scales and frame sizes) are matched by a similarity transform with
+scale (astroalign's triangles are scale-invariant, but a large scale difference is not yet matched
+reliably); one that does not register is refused with the reason.
 
 Arrays: images (3, H, W) float32, maps (H, W) float32; star positions in pixels (x = column).
 """
