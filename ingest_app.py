@@ -430,10 +430,11 @@ def api_upload_frame(session_id, filename):
     return json_response(result.frame, 201 if result.created else 200)
 
 
-@app.get("/api/v1/frames/<sha256>")
-def api_frame_by_sha256(sha256):
+@app.get("/api/v1/frames")
+def api_frames_by_sha256():
     user = require_user()
-    return json_response(uploads.frame_by_sha256(svc.db, user["id"], sha256))
+    sha256 = bottle.request.query.get("sha256", "")
+    return json_response({"frames": uploads.frames_with_sha256(svc.db, user["id"], sha256)})
 
 
 @app.post("/api/v1/sessions/<session_id:int>/finalize")

@@ -222,14 +222,12 @@ def _file_into_chunk(tx, owner_id: int, session_id: int, header: FrameHeader) ->
     })
 
 
-def frame_by_sha256(db, owner_id: int, sha256: str) -> dict:
-    """The owner's frame with these bytes (any batch), so a client can skip sending them again."""
+def frames_with_sha256(db, owner_id: int, sha256: str) -> list[dict]:
+    """The owner's frames with these bytes, from any batch (none or one), so a client can skip
+    sending them again."""
     if not re.fullmatch(r"[0-9a-f]{64}", sha256 or ""):
         raise UploadError(400, "sha256 must be 64 lowercase hexadecimal characters")
-    frame = db["frames"].find_one(owner_id=owner_id, sha256=sha256)
-    if frame is None:
-        raise UploadError(404, "you have no frame with these bytes")
-    return frame_view(db, frame)
+    return [frame_view(db, f) for f in db["frames"].find(owner_id=owner_id, sha256=sha256)]
 
 
 def frame_view(db, frame: dict) -> dict:

@@ -216,8 +216,8 @@
     try { item.sha = await sha256(item.file); } catch (e) { item.sha = null; }
     if (item.sha && !known.has(item.sha)) {
       // Sent in an earlier batch? Then the server has these bytes: don't send them again.
-      const r = await fetch("/api/v1/frames/" + item.sha, {credentials: "same-origin", headers: {"Accept": "application/json"}});
-      if (r.ok) remember(await r.json());
+      const r = await fetch("/api/v1/frames?sha256=" + item.sha, {credentials: "same-origin", headers: {"Accept": "application/json"}});
+      if (r.ok) (await r.json()).frames.forEach(remember);
     }
     if (item.sha && known.has(item.sha)) { skip(item, known.get(item.sha)); return; }
     let renewed = false;

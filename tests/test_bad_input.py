@@ -153,9 +153,9 @@ def test_frames_are_found_by_their_bytes_only_by_their_owner(site, owner):
     body = small_frame_bytes(seed=11)
     assert owner.put_frame(session, "known.fit", body).status_code == 201
     digest = hashlib.sha256(body).hexdigest()
-    found = owner.get(f"/api/v1/frames/{digest}")
-    assert found.status_code == 200 and found.json()["session_id"] == session
+    found = owner.get("/api/v1/frames", params={"sha256": digest})
+    assert found.status_code == 200 and [f["session_id"] for f in found.json()["frames"]] == [session]
     stranger = site.user("stranger")
-    assert stranger.get(f"/api/v1/frames/{digest}").status_code == 404
-    malformed = owner.get("/api/v1/frames/not-a-digest")
+    assert stranger.get("/api/v1/frames", params={"sha256": digest}).json() == {"frames": []}
+    malformed = owner.get("/api/v1/frames", params={"sha256": "not-a-digest"})
     assert malformed.status_code == 400 and "sha256" in malformed.json()["error"]
