@@ -161,9 +161,14 @@ def require_user() -> dict:
     return user
 
 
+_UNSET = object()
+
+
 def page(template: str, **values) -> str:
-    user = values.pop("user", None)
-    if user is None and "user" not in values:
+    """Render *template* with the viewer (looked up from the cookie unless the handler already
+    knows it, anonymous included) and the CSRF token every form needs."""
+    user = values.pop("user", _UNSET)
+    if user is _UNSET:
         user = accounts.user_for_token(svc.db, bottle.request.get_cookie("crowdsky_session"), accounts.WEB)
     return bottle.template(template, user=user, csrf=csrf_token(svc.settings.secure_cookies), **values)
 

@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -133,7 +132,7 @@ def main(argv=None) -> int:
 
 
 def run(d: Deployment, server: S3Server, args, frame, frame_mb: float) -> dict:
-    start_app(d, args.threads)
+    d.start_app("--threads", str(args.threads))
     users = [d.user(f"load{i:03d}") for i in range(args.uploaders)]
     sessions = [user.new_session() for user in users]
     latencies: list[float] = []
@@ -199,22 +198,6 @@ def run(d: Deployment, server: S3Server, args, frame, frame_mb: float) -> dict:
     for failure in failures[:10]:
         print("  failed:", failure)
     return result
-
-
-def start_app(d: Deployment, threads: int) -> None:
-    """Deployment.start_app, with the app's thread count."""
-    d.data_dir.mkdir(parents=True, exist_ok=True)
-    with open(d.log_path, "ab") as log:
-        d.app = subprocess.Popen([sys.executable, "ingest_app.py", "--port", str(d.port), "--threads", str(threads)],
-                                 cwd=ROOT, env=d.env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and d.app.poll() is None:
-        try:
-            if requests.get(d.url + "/healthz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise SystemExit(f"the ingest app did not start:\n{d.log_tail()}")
 
 
 if __name__ == "__main__":

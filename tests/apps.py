@@ -26,10 +26,11 @@ class Deployment:
         self.app: subprocess.Popen | None = None
         self.log_path = data_dir / "ingest.log"
 
-    def start_app(self) -> None:
+    def start_app(self, *options: str) -> None:
+        """Start the ingest app (with extra command-line *options*) and wait for /healthz."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        self.app = subprocess.Popen([sys.executable, "ingest_app.py", "--port", str(self.port)],
+        self.app = subprocess.Popen([sys.executable, "ingest_app.py", "--port", str(self.port), *options],
                                     cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

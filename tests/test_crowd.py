@@ -51,7 +51,7 @@ def crowd_site(tmp_path_factory):
 
 def test_one_crowd_stack_adds_up_both_sharing_owners(crowd_site):
     d, users = crowd_site
-    alice, bob = users["alice"], users["bob"]
+    alice = users["alice"]
     listing = alice.get("/api/v1/stacks").json()["stacks"]
     crowd = [s for s in listing if s["kind"] == "crowd"]
     assert len(crowd) == 1, listing
