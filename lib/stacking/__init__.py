@@ -4,7 +4,8 @@ outlier-rejected colour stack out. See docs/stacking.md.
     result = stack_files(paths, names=..., progress=..., options=StackOptions())
     result.write_fits(path); result.write_preview(path)
 """
-from .options import FrameVerdict, StackingError, StackOptions
-from .pipeline import StackResult, stack_files
+from .options import FrameVerdict, StackingError, StackOptions, StackResult
+from .runner import stack_files
 
 __all__ = ["stack_files", "StackOptions", "StackResult", "FrameVerdict", "StackingError"]
+

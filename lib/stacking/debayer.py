@@ -11,14 +11,36 @@ import numpy as np
 
 PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 
+# Malvar, He & Cutler (2004), "High-quality linear interpolation for demosaicing of Bayer-patterned
+# color images": bilinear interpolation corrected by the Laplacian of the colour sampled at the site.
+# Stars are nearly grey, so that correction restores most of the resolution bilinear interpolation
+# loses. It also adds the Laplacian's noise to the sky, so it is applied only where it stands out of
+# that noise (see _shrink): stars keep nearly all of the correction, the sky little of it (~15 % more
+# sky noise than bilinear, a fraction of what the full correction adds). The correction kernels
+# (MHC's kernels less bilinear interpolation) are centred on the site being filled in; weights in
+# eighths:
+#   green     green at a red or blue site
+#   row       red or blue at a green site whose left and right neighbours have that colour
+#   column    ... whose upper and lower neighbours have it
+#   diagonal  red at a blue site, blue at a red site
+_CORRECTION = {
+    "green": np.array([[0, 0, -1, 0, 0], [0, 0, 0, 0, 0], [-1, 0, 4, 0, -1], [0, 0, 0, 0, 0], [0, 0, -1, 0, 0]]),
+    "row": np.array([[0, 0, .5, 0, 0], [0, -1, 0, -1, 0], [-1, 0, 5, 0, -1], [0, -1, 0, -1, 0], [0, 0, .5, 0, 0]]),
+    "column": np.array([[0, 0, -1, 0, 0], [0, -1, 0, -1, 0], [.5, 0, 5, 0, .5], [0, -1, 0, -1, 0], [0, 0, -1, 0, 0]]),
+    "diagonal": np.array([[0, 0, -1.5, 0, 0], [0, 0, 0, 0, 0], [-1.5, 0, 6, 0, -1.5], [0, 0, 0, 0, 0],
+                          [0, 0, -1.5, 0, 0]]),
+}
+_CORRECTION = {name: (kernel / 8).astype(np.float32) for name, kernel in _CORRECTION.items()}
+SHRINK_SIGMAS = 1.0        # the part of the correction within ±1σ of its sky noise is dropped
+MAD_TO_SIGMA = 1.4826
+
 # OpenCV names a Bayer conversion after the colours at row 1, columns 1 and 2 of the mosaic, not after
-# the top-left 2x2 block: an RGGB sensor is its "BayerBG". Edge-aware (EA) demosaicing keeps 16 bits
-# (VNG is 8-bit only in OpenCV) and is sharper than bilinear.
-_CV2_EA_TO_RGB = {
-    "RGGB": cv2.COLOR_BayerBG2RGB_EA,
-    "BGGR": cv2.COLOR_BayerRG2RGB_EA,
-    "GRBG": cv2.COLOR_BayerGB2RGB_EA,
-    "GBRG": cv2.COLOR_BayerGR2RGB_EA,
+# the top-left 2x2 block: an RGGB sensor is its "BayerBG".
+_CV2_BILINEAR_TO_RGB = {
+    "RGGB": cv2.COLOR_BayerBG2RGB,
+    "BGGR": cv2.COLOR_BayerRG2RGB,
+    "GRBG": cv2.COLOR_BayerGB2RGB,
+    "GBRG": cv2.COLOR_BayerGR2RGB,
 }
 
 # 3x3 binomial kernel: on any Bayer mosaic it sums to 1/4 R + 1/2 G + 1/4 B at every pixel, so it
@@ -43,14 +65,49 @@ def bayer_pattern(bayerpat: str, x_offset: int = 0, y_offset: int = 0) -> str:
 
 
 def debayer(cfa: np.ndarray, pattern: str) -> np.ndarray:
-    """Demosaic a raw frame.
+    """Demosaic a raw frame: bilinear, plus the Malvar-He-Cutler correction where it stands out of the
+    noise (see _CORRECTION).
 
-    cfa: (H, W) uint16 mosaic in ADU; pattern: one of PATTERNS in array order.
-    Returns (H, W, 3) uint16, channels R, G, B, same ADU scale.
+    cfa: (H, W) mosaic in ADU, any numeric type (clipped to 0..65535); pattern: one of PATTERNS in
+    array order. Returns (3, H, W) float32 R, G, B in ADU. Next to sharp edges values a little outside
+    the sensor's range can occur (the correction overshoots); nothing is clipped.
     """
-    if cfa.dtype != np.uint16:
-        raise ValueError(f"expected a uint16 mosaic, got {cfa.dtype}")
-    return cv2.cvtColor(cfa, _CV2_EA_TO_RGB[pattern])
+    mosaic = np.clip(cfa, 0, 65535).astype(np.uint16) if cfa.dtype != np.uint16 else cfa
+    bilinear = cv2.cvtColor(mosaic, _CV2_BILINEAR_TO_RGB[pattern])          # (H, W, 3) uint16
+    rgb = np.stack([plane.astype(np.float32) for plane in cv2.split(bilinear)])
+    del bilinear
+    mosaic = mosaic.astype(np.float32)
+    # where each correction goes: (colour, site) pairs, site = (row, column) in the 2x2 cell
+    sites = {(k // 2, k % 2): letter for k, letter in enumerate(pattern)}
+    uses: dict[str, list[tuple[int, tuple[int, int]]]] = {name: [] for name in _CORRECTION}
+    for site, letter in sites.items():
+        for colour in "RGB":
+            if letter == colour:
+                continue
+            if colour == "G":
+                kernel = "green"
+            elif letter == "G":
+                kernel = "row" if sites[(site[0], 1 - site[1])] == colour else "column"
+            else:
+                kernel = "diagonal"
+            uses[kernel].append(("RGB".index(colour), site))
+    for kernel, targets in uses.items():  # one kernel at a time: a single extra plane in memory
+        correction = cv2.filter2D(mosaic, cv2.CV_32F, _CORRECTION[kernel], borderType=cv2.BORDER_REFLECT_101)
+        _shrink(correction)
+        for channel, (row, column) in targets:
+            rgb[channel, row::2, column::2] += correction[row::2, column::2]
+    return rgb
+
+
+def _shrink(correction: np.ndarray) -> None:
+    """Soft threshold, in place: the correction less its part within ±SHRINK_SIGMAS of its robust spread.
+
+    correction: (H, W) float32; the sky dominates it, so its MAD is the sky's noise through the kernel.
+    Afterwards it is 0 where it was noise and keeps nearly all of itself on stars.
+    """
+    sample = correction[::8, ::8]
+    limit = np.float32(SHRINK_SIGMAS * MAD_TO_SIGMA * np.median(np.abs(sample - np.median(sample))))
+    correction -= np.clip(correction, -limit, limit)
 
 
 def cfa_luminance(cfa: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from astropy.io import fits
@@ -121,7 +121,7 @@ def _column(values: Sequence[float | int | None], fill: float) -> np.ndarray:
     return np.array([fill if v is None else v for v in values], dtype=np.float32)
 
 
-def write_stack(path: Path, image: np.ndarray, coverage: np.ndarray, *, reference: FrameHeader,
+def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, *, reference: FrameHeader,
                 reference_name: str, ncombine: int, exptime_total: float, date_beg: str, date_end: str,
                 frames: Sequence[FrameRow], history: Sequence[str]) -> None:
     """Write the stack: primary HDU (3, H, W) float32, image extension COVERAGE (H, W) int16

@@ -72,9 +72,7 @@ def colour_image(data: np.ndarray, header: fits.Header) -> np.ndarray:
     if data.ndim == 3 and data.shape[0] == 3:
         planes = data
     elif data.ndim == 2 and "BAYERPAT" in header:
-        mosaic = np.clip(data, 0, 65535).astype(np.uint16)
-        rgb = debayer(mosaic, bayer_pattern(str(header["BAYERPAT"])))
-        planes = np.moveaxis(rgb, -1, 0)
+        planes = debayer(data, bayer_pattern(str(header["BAYERPAT"])))
     elif data.ndim == 2:
         planes = np.stack([data] * 3)
     else:

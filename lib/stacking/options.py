@@ -1,7 +1,12 @@
-"""The stacking pipeline's public value types: options in, per-frame verdicts out, and its one error."""
+"""The stacking pipeline's public value types: options in, the stack and per-frame verdicts out, and its
+one error. Nothing here needs the pipeline's libraries, so a caller that only starts stacks and saves
+their results stays small."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 
 class StackingError(Exception):
@@ -44,7 +49,7 @@ class StackOptions:
     interpolation: str = "cubic"     # warp kernel: "cubic" or "lanczos4" (sharper, ~5x slower)
 
     workers: int | None = None       # worker processes; None: min(cores, frames); 1: all in the caller
-    mem_limit: int = 128 * 2**20     # bytes of working memory the combine step may use, all workers together
+    mem_limit: int = 64 * 2**20     # bytes of working memory the combine step may use, all workers together
     cube_dtype: str = "float16"      # registered frames on disk; float16 halves I/O at ~0.05 % precision
     tmp_dir: str | None = None       # where the disk-backed cube lives; None: the system temp dir
 
@@ -74,3 +79,38 @@ class FrameVerdict:
     noise: float | None = None
     residual_px: float | None = None   # registration RMS of matched stars, pixels
     weight: float | None = None        # relative combine weight (mean over channels), best frame = 1
+
+
+@dataclass
+class StackResult:
+    """A finished stack.
+
+    image: (3, H, W) float32 R, G, B in ADU/65535 of the reference frame; coverage: (H, W) int16 frames
+    covering each pixel; frames: one verdict per input frame, in input order. Times are ISO-8601 UTC
+    without a zone suffix. fits_bytes and png_bytes are the output files, rendered by the stacking
+    process (see fitsio.write_stack and preview.py).
+    """
+
+    image: np.ndarray
+    coverage: np.ndarray
+    frames: list[FrameVerdict]
+    ncombine: int
+    exptime_total: float
+    date_beg: str
+    date_end: str
+    object: str | None
+    instrument: str | None
+    reference_name: str
+    noise: float          # sky RMS of the stack's luminance, ADU (same measure as FrameVerdict.noise)
+    fwhm_px: float        # median star FWHM on the stack's luminance
+    stars: int            # stars detected on the stack
+    fits_bytes: bytes
+    png_bytes: bytes
+
+    def write_fits(self, path: Path | str) -> None:
+        """The (3, H, W) float32 image with its COVERAGE and FRAMES extensions, as a FITS file."""
+        Path(path).write_bytes(self.fits_bytes)
+
+    def write_preview(self, path: Path | str) -> None:
+        """The auto-stretched 8-bit preview, as a PNG file."""
+        Path(path).write_bytes(self.png_bytes)

@@ -1,4 +1,5 @@
-"""stack_files: raw FITS frames in, one stacked colour image out.
+"""The pipeline proper (stack_files in runner.py decides which process runs it): raw FITS frames in,
+one stacked colour image out.
 
     measure    every frame, in parallel: read, luminance straight from the mosaic, stars, sky
     grade      the session against itself: outliers out, the best frame becomes the reference
@@ -12,11 +13,10 @@ memory does not grow with the number of frames.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -27,55 +27,18 @@ from .debayer import cfa_luminance, debayer
 from .fitsio import FrameHeader, FrameReadError, FrameRow, exposure_end, format_date, read_frame, write_stack
 from .grade import FrameMetrics, grade_frames, pick_reference
 from .normalize import noise_weights, normalization, sky_level_and_noise, transparency
-from .options import FrameVerdict, StackingError, StackOptions
-from .preview import stretch, write_png
+from .options import FrameVerdict, StackingError, StackOptions, StackResult
+from .preview import encode_png, stretch
 from .register import Registration, RegistrationError, find_registration, warp
-from .runner import SCRATCH_PREFIX, InProcess, run_in_subprocess
 from .stars import StarField, aperture_fluxes, detect_stars
 
 ADU_SCALE = np.float32(1 / 65535)    # the cube and the stack hold ADU/65535, as Siril does
 SATURATION_ADU = 60000.0
-CHUNK_OVERHEAD = 40 * 2**20          # combine's per-worker temporaries besides the block (CHUNK_ELEMENTS)
+CHUNK_OVERHEAD = 20 * 2**20          # combine's per-worker temporaries besides the block (CHUNK_ELEMENTS)
+CV_TYPES = {"float16": cv2.CV_16F, "float32": cv2.CV_32F}
 PROGRESS_MEASURED, PROGRESS_REGISTERED = 0.3, 0.75   # fractions of the run at the end of each stage
 
 Progress = Callable[[float, str], None]
-
-
-# ----------------------------------------------------------------------------------------- results
-
-@dataclass
-class StackResult:
-    """A finished stack. image: (3, H, W) float32 R, G, B in ADU/65535 of the reference frame;
-    coverage: (H, W) int16 frames covering each pixel. Times are ISO-8601 UTC without a zone suffix."""
-
-    image: np.ndarray
-    coverage: np.ndarray
-    frames: list[FrameVerdict]
-    ncombine: int
-    exptime_total: float
-    date_beg: str
-    date_end: str
-    object: str | None
-    instrument: str | None
-    reference_name: str
-    noise: float          # sky RMS of the stack's luminance, ADU (same measure as FrameVerdict.noise)
-    fwhm_px: float        # median star FWHM on the stack's luminance
-    stars: int            # stars detected on the stack
-    reference_header: FrameHeader
-    history: list[str]
-    star_fluxes: np.ndarray   # (m, 3) fluxes of the stack's brightest stars, for colour balance
-    _rows: list[FrameRow]
-
-    def write_fits(self, path: Path | str) -> None:
-        """FITS with the (3, H, W) float32 image, COVERAGE and FRAMES extensions (see fitsio.write_stack)."""
-        write_stack(Path(path), self.image, self.coverage, reference=self.reference_header,
-                    reference_name=self.reference_name, ncombine=self.ncombine,
-                    exptime_total=self.exptime_total, date_beg=self.date_beg, date_end=self.date_end,
-                    frames=self._rows, history=self.history)
-
-    def write_preview(self, path: Path | str) -> None:
-        """Auto-stretched 8-bit PNG of the stack (see preview.py)."""
-        write_png(stretch(self.image, self.star_fluxes), Path(path))
 
 
 # ------------------------------------------------------------------------------- worker-side steps
@@ -129,19 +92,14 @@ def _register(task) -> Registered:
         except RegistrationError as exc:
             return Registered(index, error=str(exc))
     paired = frame_xy[registration.frame_index]
-    rgb = debayer(raw, header.pattern)                                   # (H, W, 3) uint16 ADU
     sky, noise, fluxes = np.empty(3), np.empty(3), np.empty((len(paired), 3))
-    for c, plane in enumerate(cv2.split(rgb)):
-        plane = plane.astype(np.float32)
+    frames = cube.map(writable=True)
+    for c, plane in enumerate(debayer(raw, header.pattern)):             # (H, W) float32 ADU each
         sky[c], noise[c] = sky_level_and_noise(plane)
         fluxes[:, c] = aperture_fluxes(plane, paired[:, 0], paired[:, 1], aperture)
-    colour = np.multiply(rgb, ADU_SCALE, dtype=np.float32)
-    # one warp for the three channels: OpenCV computes each pixel's source position once
-    warped = colour if is_reference else warp(colour, registration.matrix, header.shape, options.interpolation)
-    del colour
-    frames = cube.map(writable=True)
-    for c in range(3):
-        frames[slot, c] = warped[..., c]
+        warped = plane if is_reference else warp(plane, registration.matrix, header.shape, options.interpolation)
+        # scaled to ADU/65535 and converted to the cube's type in one pass, straight into the cube
+        cv2.multiply(warped, float(ADU_SCALE), dst=frames[slot, c], dtype=CV_TYPES[options.cube_dtype])
     return Registered(index, registration, sky, noise, fluxes)
 
 
@@ -151,8 +109,10 @@ def _combine_rows(task) -> int:
     count, width = len(slots), frames.shape[3]
     block = np.empty((count, 3, rows[1] - rows[0], width), np.float32)
     for k, slot in enumerate(slots):  # frame by frame: no second, cube-typed copy of the block
-        np.multiply(frames[slot, :, rows[0]:rows[1]], gain[k, :, None, None], out=block[k])
-        block[k] += offset[k, :, None, None]
+        for c in range(3):  # gain · value + offset, converted to float32, in one pass (OpenCV: 5x numpy)
+            source = frames[slot, c, rows[0]:rows[1]]
+            cv2.addWeighted(source, float(gain[k, c]), source, 0.0, float(offset[k, c]), dst=block[k, c],
+                            dtype=cv2.CV_32F)
     del frames
     image = output.map(writable=True)
     rejected = 0
@@ -170,29 +130,6 @@ def _combine_rows(task) -> int:
 
 
 # ---------------------------------------------------------------------------------- orchestration
-
-def stack_files(paths: Sequence[Path], *, names: Sequence[str] | None = None, progress: Progress | None = None,
-                options: StackOptions = StackOptions()) -> StackResult:
-    """Stack raw Bayer FITS frames into one colour image.
-
-    paths: the frames (read only here). names: display names for verdicts and the FRAMES table,
-    default the file names. progress(fraction 0..1, message) is called per frame while measuring and
-    registering and per row block while combining. Raises StackingError if no frame can be used.
-    With more than one worker the stack runs in a process of its own (see runner.py).
-    """
-    paths = [Path(p) for p in paths]
-    names = [p.name for p in paths] if names is None else [str(n) for n in names]
-    if len(names) != len(paths):
-        raise ValueError(f"{len(names)} names for {len(paths)} paths")
-    if not paths:
-        raise StackingError("no frames to stack")
-    report = progress or (lambda fraction, message: None)
-    workers = min(options.workers or os.cpu_count() or 1, len(paths))
-    if workers > 1:
-        return run_in_subprocess(paths, names, report, options, workers)
-    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=options.tmp_dir) as workdir:
-        return run_pipeline(paths, names, report, options, InProcess(), Path(workdir), 1)
-
 
 def run_pipeline(paths: list[Path], names: list[str], report: Progress, options: StackOptions, pool,
                  workdir: Path, workers: int) -> StackResult:
@@ -345,18 +282,25 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
                          saturation=np.inf)
     star_fluxes = np.column_stack([aperture_fluxes(plane, found.x[:50], found.y[:50], 6.0) for plane in image])
     reference_header = measured[reference].header
+    exptime_total = float(sum(h.exptime for h in headers))
+    date_beg, date_end = format_date(start), format_date(end)
     history = [f"CrowdSky stack of {len(used)} of {len(names)} frames",
                f"registration: star triangles + similarity fit, {options.interpolation} warp onto {names[reference]}",
                f"normalisation: {options.normalization}; weights: {options.weighting}",
                f"rejection: {options.rejection} (low {options.sigma_low}, high {options.sigma_high}), "
                f"{rejected} values rejected",
                *[f"frame used: {names[i]}" for i in used]]
+    # the files are rendered here, where the libraries are loaded, so that the caller needs none of them
+    fits_file = io.BytesIO()
+    write_stack(fits_file, image, cover, reference=reference_header, reference_name=names[reference],
+                ncombine=len(used), exptime_total=exptime_total, date_beg=date_beg, date_end=date_end,
+                frames=rows, history=history)
     return StackResult(
-        image=image, coverage=cover, frames=verdicts, ncombine=len(used),
-        exptime_total=float(sum(h.exptime for h in headers)), date_beg=format_date(start), date_end=format_date(end),
-        object=_text(reference_header.value("OBJECT")), instrument=_text(reference_header.value("INSTRUME")),
-        reference_name=names[reference], noise=found.noise, fwhm_px=found.fwhm_px, stars=found.count,
-        reference_header=reference_header, history=history, star_fluxes=star_fluxes, _rows=rows)
+        image=image, coverage=cover, frames=verdicts, ncombine=len(used), exptime_total=exptime_total,
+        date_beg=date_beg, date_end=date_end, object=_text(reference_header.value("OBJECT")),
+        instrument=_text(reference_header.value("INSTRUME")), reference_name=names[reference],
+        noise=found.noise, fwhm_px=found.fwhm_px, stars=found.count,
+        fits_bytes=fits_file.getvalue(), png_bytes=encode_png(stretch(image, star_fluxes)))
 
 
 def _finite(value: float) -> float | None:

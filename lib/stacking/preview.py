@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
-from PIL import Image
 
 from .normalize import sky_level_and_noise
 
@@ -74,6 +74,17 @@ def stretch(image: np.ndarray, star_fluxes: np.ndarray | None = None) -> np.ndar
 
 
 def write_png(rgb: np.ndarray, path: Path) -> None:
-    """Save an (H, W, 3) uint8 image as PNG, first array row at the bottom (the FITS convention, so the
+    """Save an (H, W, 3) uint8 image as a PNG file (see encode_png)."""
+    Path(path).write_bytes(encode_png(rgb))
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 image as PNG bytes, first array row at the bottom (the FITS convention, so the
     PNG looks like the FITS in DS9 or Siril)."""
-    Image.fromarray(np.ascontiguousarray(rgb[::-1])).save(path, format="PNG", compress_level=1)
+    # OpenCV's encoder with run-length matching: twice as fast as Pillow's fastest level and the file is
+    # smaller (a stretched sky is mostly runs of similar bytes). OpenCV orders channels B, G, R.
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[::-1, :, ::-1]),
+                               [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE])
+    if not ok:
+        raise ValueError(f"cannot encode a {rgb.shape} {rgb.dtype} image as PNG")
+    return encoded.tobytes()

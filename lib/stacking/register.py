@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import astroalign
 import cv2
 import numpy as np
-from scipy.spatial import cKDTree
 
 ASTERISM_STARS = 30          # brightest stars handed to the triangle search: enough to match, half the time of 50
 PAIR_RADIUS_PX = 3.0         # a predicted position this close to a reference star makes a pair
@@ -109,6 +107,8 @@ def find_registration(frame_xy: np.ndarray, ref_xy: np.ndarray, frame_flux: np.n
                                          or registration.residual_px > max_residual_px):
             registration = None
     if registration is None:
+        import astroalign  # only frames that do not simply drift need it (and its scipy/scikit-image)
+
         try:
             guess, _ = astroalign.find_transform(frame_xy[:ASTERISM_STARS], ref_xy[:ASTERISM_STARS])
         except (astroalign.MaxIterError, ValueError, TypeError) as exc:
@@ -132,7 +132,7 @@ def shift_guess(frame_xy: np.ndarray, ref_xy: np.ndarray) -> np.ndarray | None:
     the true shift is the one many candidates share (within SHIFT_TOLERANCE_PX), chance offsets are not.
     """
     offsets = (ref_xy[:SHIFT_STARS, None, :] - frame_xy[None, :SHIFT_STARS, :]).reshape(-1, 2)
-    votes = cKDTree(offsets).query_ball_point(offsets, r=SHIFT_TOLERANCE_PX, return_length=True)
+    votes = np.count_nonzero(_distances(offsets, offsets) <= SHIFT_TOLERANCE_PX, axis=1)
     best = int(np.argmax(votes))
     if votes[best] < SHIFT_MIN_VOTES:
         return None
@@ -144,12 +144,11 @@ def shift_guess(frame_xy: np.ndarray, ref_xy: np.ndarray) -> np.ndarray | None:
 def _refine(matrix: np.ndarray, frame_xy: np.ndarray, ref_xy: np.ndarray, frame_flux: np.ndarray | None,
             min_matches: int) -> Registration:
     """Pair every star the first guess brings near a reference star and fit, a few times over."""
-    tree = cKDTree(ref_xy)
     radius = PAIR_RADIUS_PX
     frame_index = ref_index = np.zeros(0, int)
     for _ in range(REFINE_PASSES):
-        distance, nearest = tree.query(apply_matrix(matrix, frame_xy), distance_upper_bound=radius)
-        frame_index, ref_index = _unique_pairs(distance, nearest, len(ref_xy))
+        distance, nearest = _nearest(apply_matrix(matrix, frame_xy), ref_xy)
+        frame_index, ref_index = _unique_pairs(distance, nearest, radius)
         if len(frame_index) < max(min_matches, 3):
             raise RegistrationError(f"cannot register: only {len(frame_index)} stars pair with the reference "
                                     f"(need {min_matches})")
@@ -172,9 +171,23 @@ def _fit_weights(flux: np.ndarray | None, index: np.ndarray) -> np.ndarray | Non
     return np.minimum(paired, np.percentile(paired, 80)) ** 2 + 1e-12
 
 
-def _unique_pairs(distance: np.ndarray, nearest: np.ndarray, n_ref: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs from a nearest-neighbour query, each reference star used once (by its closest frame star)."""
-    found = np.flatnonzero(nearest < n_ref)
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, m) Euclidean distances between (n, 2) and (m, 2) points. A star list has a few hundred
+    entries at most, so the full matrix is small and beats building a search tree."""
+    return np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+
+
+def _nearest(points: np.ndarray, ref_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each of (n, 2) points: distance to and index of the nearest of the (m, 2) reference stars."""
+    distances = _distances(points, ref_xy)
+    nearest = np.argmin(distances, axis=1)
+    return distances[np.arange(len(points)), nearest], nearest
+
+
+def _unique_pairs(distance: np.ndarray, nearest: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs from a nearest-neighbour query within radius px, each reference star used once (by its
+    closest frame star)."""
+    found = np.flatnonzero(distance <= radius)
     order = found[np.argsort(distance[found])]
     _, first = np.unique(nearest[order], return_index=True)
     keep = np.sort(order[first])

@@ -1,6 +1,6 @@
-"""The stacking process: where a multi-worker stack actually runs.
+"""stack_files, and the stacking process where a multi-worker stack actually runs.
 
-stack_files() starts `python -m lib.stacking.runner WORKDIR CALLER_PID` and waits for it. The runner is a fresh
+With more than one worker stack_files() starts `python -m lib.stacking.runner WORKDIR CALLER_PID` and waits for it. The runner is a fresh
 interpreter that imports only the pipeline, forks its worker pool before doing anything else, streams
 progress back as JSON lines on stdout and leaves the result (or the reason there is none) in WORKDIR.
 
@@ -12,6 +12,8 @@ Why a process of its own rather than a pool in the caller:
 - whatever the stack allocates goes back to the system when the runner exits.
 - if the caller dies the runner and its workers die with it (PR_SET_PDEATHSIG), and the next stack
   removes the scratch directory they leave behind.
+- the caller never imports the pipeline's libraries (OpenCV, sep, astropy) while the stack runs, so it
+  adds little to the memory of the stack; it imports them when it unpacks the result.
 """
 from __future__ import annotations
 
@@ -27,9 +29,7 @@ import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable
-
-import cv2
+from typing import Callable, Sequence
 
 from .options import StackingError, StackOptions
 
@@ -65,6 +65,8 @@ class Workers:
 
 
 def _init_worker() -> None:
+    import cv2  # imported by the runner before the fork: this only looks it up
+
     _die_with_parent()
     # each worker is one of min(cores, frames) processes: OpenCV's own threads would only compete
     cv2.setNumThreads(1)
@@ -88,24 +90,54 @@ def _die_with_parent() -> None:
 
 
 def _keep_freed_memory() -> None:
-    """Ask glibc to keep freed blocks for reuse instead of handing them back to the kernel.
+    """Tell glibc which freed blocks to keep for reuse and which to hand back to the kernel.
 
     The combine step allocates and frees the same few megabytes thousands of times; by default glibc
-    returns each block to the kernel and the next allocation page-faults it back in, which costs about
-    as much as the arithmetic. The working set stays bounded by StackOptions.mem_limit either way.
+    returns such blocks to the kernel and the next allocation page-faults them back in, which costs
+    about as much as the arithmetic. Frame-sized arrays (8 MB and up, a few per frame) are better
+    handed back at once: kept, they would sit in every worker's resident set for the rest of the stack.
     """
     libc = _libc()
     if libc is not None:
         m_trim_threshold, m_mmap_threshold = -1, -3
-        # the combine step's temporaries (a few MB each) come from the heap and are reused; a row
-        # block (tens of MB, once per task) still gets its own mapping and goes back on free
+        # below 4 MB (the combine's temporaries, 2 MB each): from the heap, reused; from 4 MB (frame
+        # planes, row blocks): a mapping of its own, unmapped on free. At most 8 MB of free heap is kept.
         libc.mallopt(m_mmap_threshold, 16 * 2**20)
         libc.mallopt(m_trim_threshold, 64 * 2**20)
 
 
 # ----------------------------------------------------------------------------------- caller side
 
-def run_in_subprocess(paths: list[Path], names: list[str], report: Callable[[float, str], None],
+Progress = Callable[[float, str], None]
+
+
+def stack_files(paths: Sequence[Path], *, names: Sequence[str] | None = None, progress: Progress | None = None,
+                options: StackOptions = StackOptions()):
+    """Stack raw Bayer FITS frames into one colour image; returns a pipeline.StackResult.
+
+    paths: the frames. names: display names for verdicts and the FRAMES table, default the file
+    names. progress(fraction 0..1, message) is called per frame while measuring and registering and
+    per row block while combining. Raises StackingError if no frame can be used.
+    With more than one worker the stack runs in a process of its own (see the module docstring);
+    workers=1 runs it in the calling process.
+    """
+    paths = [Path(p) for p in paths]
+    names = [p.name for p in paths] if names is None else [str(n) for n in names]
+    if len(names) != len(paths):
+        raise ValueError(f"{len(names)} names for {len(paths)} paths")
+    if not paths:
+        raise StackingError("no frames to stack")
+    report = progress or (lambda fraction, message: None)
+    workers = min(options.workers or os.cpu_count() or 1, len(paths))
+    if workers > 1:
+        return run_in_subprocess(paths, names, report, options, workers)
+    from .pipeline import run_pipeline
+
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=options.tmp_dir) as workdir:
+        return run_pipeline(paths, names, report, options, InProcess(), Path(workdir), 1)
+
+
+def run_in_subprocess(paths: list[Path], names: list[str], report: Progress,
                       options: StackOptions, workers: int):
     """Run the pipeline in a runner process; returns its StackResult or raises its StackingError."""
     scratch_root = Path(options.tmp_dir or tempfile.gettempdir())
