@@ -15,7 +15,7 @@ from lib.stacking import FrameVerdict, StackingError, StackOptions, StackResult,
 from lib.stacking import combine, grade
 from lib.stacking.debayer import PATTERNS, bayer_pattern, cfa_luminance, debayer
 from lib.stacking.fitsio import read_frame
-from lib.stacking.register import apply_matrix, find_registration
+from lib.stacking.register import apply_matrix, find_registration, rotation_guess
 from lib.stacking.stars import detect_stars
 from lib.stacking.synthetic import make_session
 
@@ -127,6 +127,23 @@ def test_rotated_and_shifted_frame_registers_within_a_tenth_of_a_pixel(tmp_path)
         error = apply_matrix(registration.matrix, grid) - apply_matrix(session.frame_to_frame(k, 0), grid)
         assert np.linalg.norm(error, axis=1).max() < 0.1, f"frame {k}"
         assert registration.matches >= 20
+
+
+@pytest.mark.parametrize("degrees", [2.5, -40.0, 180.0])
+def test_a_turned_field_is_found_without_matching_triangles(degrees):
+    """An alt-az mount turns the field through a session, and a meridian flip turns it by 180°: the
+    quick guess from star pairs must find the turn (astroalign stays the last resort)."""
+    rng = np.random.default_rng(3)
+    ref = rng.uniform([0, 0], [1080, 1920], (60, 2))
+    theta = np.radians(degrees)
+    turn = np.array([[np.cos(theta), -np.sin(theta), 35.0], [np.sin(theta), np.cos(theta), -12.0]])
+    frame = apply_matrix(np.linalg.inv(np.vstack([turn, [0, 0, 1]]))[:2], ref)
+    frame += rng.normal(0, 0.05, frame.shape)
+    guess = rotation_guess(frame, ref)
+    assert guess is not None
+    found = np.degrees(np.arctan2(guess[1, 0], guess[0, 0]))
+    assert abs((found - degrees + 180) % 360 - 180) < 0.3
+    assert np.abs(apply_matrix(guess, frame) - ref).max() < 3.0
 
 
 # ------------------------------------------------------------------------------------- full stack

@@ -2,8 +2,10 @@
 reference frame's stars, then the warp that applies it.
 
 The first guess is a translation that many pairs of bright stars agree on (frames of one session
-mostly drift), and when that does not pair up most stars, astroalign's triangle-invariant search on
-the brightest stars, which is robust to any rotation and large shifts. Either guess is then refined by
+mostly drift); then the same after turning the frame by the rotation that many pairs of star pairs
+agree on (an alt-az mount's field rotates through a session); when neither pairs up most stars,
+astroalign's triangle-invariant search on the brightest stars, which is robust to any rotation, scale
+and large shifts. Either guess is then refined by
 weighted least squares over every star pair it implies, which brings the error well below a tenth of
 a pixel.
 """
@@ -22,6 +24,10 @@ SHIFT_TOLERANCE_PX = 2.0
 SHIFT_MIN_VOTES = 6
 SHIFT_PAIRED_FRACTION = 0.5  # a translation start is kept only if half the stars then pair up
 REFINE_PASSES = 4
+ROTATION_STARS = 20          # brightest stars whose pairs vote for a rotation (190 pairs)
+ROTATION_MIN_SEPARATION_PX = 100.0   # shorter pairs give too coarse an angle
+ROTATION_LENGTH_TOLERANCE_PX = 1.5   # pairs of equal length (the scale is ~1) may be the same pair
+ROTATION_BIN_DEG = 0.25
 
 INTERPOLATION_FLAGS = {"cubic": cv2.INTER_CUBIC, "lanczos4": cv2.INTER_LANCZOS4}
 
@@ -96,18 +102,21 @@ def find_registration(frame_xy: np.ndarray, ref_xy: np.ndarray, frame_flux: np.n
         raise RegistrationError(f"cannot register: {len(frame_xy)} stars in the frame, "
                                 f"{len(ref_xy)} in the reference (3 needed to match)")
     registration = None
-    shift = shift_guess(frame_xy, ref_xy)
-    if shift is not None:  # frames of one session are usually just shifted a little: try that first
+    well_paired = SHIFT_PAIRED_FRACTION * min(len(frame_xy), len(ref_xy))
+    # frames of one session are usually just shifted a little, or shifted and turned: try that first
+    for first_guess in (shift_guess, rotation_guess):
+        guess = first_guess(frame_xy, ref_xy)
+        if guess is None:
+            continue
         try:
-            registration = _refine(shift, frame_xy, ref_xy, frame_flux, min_matches)
+            candidate = _refine(guess, frame_xy, ref_xy, frame_flux, min_matches)
         except RegistrationError:
-            pass
-        well_paired = SHIFT_PAIRED_FRACTION * min(len(frame_xy), len(ref_xy))
-        if registration is not None and (registration.matches < well_paired
-                                         or registration.residual_px > max_residual_px):
-            registration = None
+            continue
+        if candidate.matches >= well_paired and candidate.residual_px <= max_residual_px:
+            registration = candidate
+            break
     if registration is None:
-        import astroalign  # only frames that do not simply drift need it (and its scipy/scikit-image)
+        import astroalign  # only frames that neither just drift nor drift and turn need it (and scipy)
 
         try:
             guess, _ = astroalign.find_transform(frame_xy[:ASTERISM_STARS], ref_xy[:ASTERISM_STARS])
@@ -139,6 +148,51 @@ def shift_guess(frame_xy: np.ndarray, ref_xy: np.ndarray) -> np.ndarray | None:
     agreeing = np.linalg.norm(offsets - offsets[best], axis=1) <= SHIFT_TOLERANCE_PX
     dx, dy = offsets[agreeing].mean(axis=0)
     return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
+
+
+def rotation_guess(frame_xy: np.ndarray, ref_xy: np.ndarray) -> np.ndarray | None:
+    """A rotation plus translation, as a (2, 3) matrix, found without matching stars one by one; or None.
+
+    The vector between two stars turns with the field and keeps its length (frames of one telescope
+    share a scale), so every pair of equally long star pairs, one in each list, votes for the angle
+    between them; the true rotation is the angle many votes share. A pair's direction depends on which
+    star comes first, so angles are compared modulo 180° and both turns are tried for the translation.
+    """
+    a, b = _pair_vectors(frame_xy[:ROTATION_STARS]), _pair_vectors(ref_xy[:ROTATION_STARS])
+    if len(a) == 0 or len(b) == 0:
+        return None
+    length_a, length_b = np.hypot(a[:, 0], a[:, 1]), np.hypot(b[:, 0], b[:, 1])
+    same_length = np.abs(length_a[:, None] - length_b[None, :]) <= ROTATION_LENGTH_TOLERANCE_PX
+    turn = np.degrees(np.arctan2(b[None, :, 1], b[None, :, 0]) - np.arctan2(a[:, None, 1], a[:, None, 0]))
+    votes = np.mod(turn[same_length], 180.0)
+    if len(votes) < SHIFT_MIN_VOTES:
+        return None
+    counts, edges = np.histogram(votes, bins=int(180 / ROTATION_BIN_DEG), range=(0.0, 180.0))
+    peak = int(np.argmax(counts + np.roll(counts, -1)))  # a peak may straddle two bins
+    if counts[peak] + counts[(peak + 1) % len(counts)] < SHIFT_MIN_VOTES:
+        return None
+    centre = edges[peak + 1]
+    near = np.abs((votes - centre + 90.0) % 180.0 - 90.0) <= ROTATION_BIN_DEG
+    angle = centre + float(np.mean((votes[near] - centre + 90.0) % 180.0 - 90.0))
+    best, best_votes = None, 0
+    for degrees in (angle, angle + 180.0):
+        theta = np.radians(degrees)
+        turned = np.array([[np.cos(theta), -np.sin(theta), 0.0], [np.sin(theta), np.cos(theta), 0.0]])
+        shift = shift_guess(apply_matrix(turned, frame_xy), ref_xy)
+        if shift is None:
+            continue
+        paired = int(np.count_nonzero(_nearest(apply_matrix(turned, frame_xy) + shift[:, 2], ref_xy)[0]
+                                      <= SHIFT_TOLERANCE_PX))
+        if paired > best_votes:
+            best, best_votes = np.hstack([turned[:, :2], shift[:, 2:]]), paired
+    return best
+
+
+def _pair_vectors(xy: np.ndarray) -> np.ndarray:
+    """(m, 2) vectors between every two of the given stars at least ROTATION_MIN_SEPARATION_PX apart."""
+    first, second = np.triu_indices(len(xy), k=1)
+    vectors = xy[second] - xy[first]
+    return vectors[np.hypot(vectors[:, 0], vectors[:, 1]) >= ROTATION_MIN_SEPARATION_PX]
 
 
 def _refine(matrix: np.ndarray, frame_xy: np.ndarray, ref_xy: np.ndarray, frame_flux: np.ndarray | None,
