@@ -141,7 +141,7 @@ def shift_guess(frame_xy: np.ndarray, ref_xy: np.ndarray) -> np.ndarray | None:
     the true shift is the one many candidates share (within SHIFT_TOLERANCE_PX), chance offsets are not.
     """
     offsets = (ref_xy[:SHIFT_STARS, None, :] - frame_xy[None, :SHIFT_STARS, :]).reshape(-1, 2)
-    votes = np.count_nonzero(_distances(offsets, offsets) <= SHIFT_TOLERANCE_PX, axis=1)
+    votes = np.count_nonzero(_squared_distances(offsets, offsets) <= SHIFT_TOLERANCE_PX ** 2, axis=1)
     best = int(np.argmax(votes))
     if votes[best] < SHIFT_MIN_VOTES:
         return None
@@ -225,17 +225,19 @@ def _fit_weights(flux: np.ndarray | None, index: np.ndarray) -> np.ndarray | Non
     return np.minimum(paired, np.percentile(paired, 80)) ** 2 + 1e-12
 
 
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, m) Euclidean distances between (n, 2) and (m, 2) points. A star list has a few hundred
-    entries at most, so the full matrix is small and beats building a search tree."""
-    return np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, m) squared Euclidean distances between (n, 2) and (m, 2) points. A star list has a few
+    hundred entries at most, so the full matrix is small and beats building a search tree."""
+    dx = a[:, None, 0] - b[None, :, 0]
+    dy = a[:, None, 1] - b[None, :, 1]
+    return dx * dx + dy * dy
 
 
 def _nearest(points: np.ndarray, ref_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each of (n, 2) points: distance to and index of the nearest of the (m, 2) reference stars."""
-    distances = _distances(points, ref_xy)
-    nearest = np.argmin(distances, axis=1)
-    return distances[np.arange(len(points)), nearest], nearest
+    squared = _squared_distances(points, ref_xy)
+    nearest = np.argmin(squared, axis=1)
+    return np.sqrt(squared[np.arange(len(points)), nearest]), nearest
 
 
 def _unique_pairs(distance: np.ndarray, nearest: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
