@@ -162,3 +162,25 @@ def test_two_updates_of_one_deep_stack_at_once_each_count_once(tmp_path):
             assert hdul[0].header["NSTACKS"] == 2
     finally:
         d.stop_app()
+
+
+def test_a_stack_with_coarser_pixels_registers_onto_the_grid(crowd_site):
+    """An S30's pixels cover ~1.7x the sky of an S50's: its stars are narrow and its field scaled, and
+    it must still be added to a crowd stack on an S50 grid (here: an S50 stack resampled to 0.6x)."""
+    import cv2
+
+    d, users = crowd_site
+    alice = users["alice"]
+    own = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"][0]
+    with fits_of(alice, own) as hdul:
+        image = hdul[0].data.astype(np.float32)
+        coverage = hdul["COVERAGE"].data.astype(np.float32)
+    running = deep.start(image, coverage, deep.measure(image))
+    coarse = np.stack([cv2.resize(plane, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA) for plane in image])
+    coarse_coverage = cv2.resize(coverage, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+
+    measured = deep.measure(coarse)
+    matrix = deep.register_onto(measured, running)
+    assert np.hypot(matrix[0, 0], matrix[1, 0]) == pytest.approx(1 / 0.6, rel=0.005)
+    scale = deep.add(running, coarse, coarse_coverage, measured)
+    assert scale == pytest.approx(1.0, rel=0.1)   # the same sky, so the same brightness per grid pixel

@@ -12,8 +12,8 @@ earlier one:
 σ is its sky noise, so each pixel is an inverse-variance weighted mean: a plain mean of stacks of
 different depth would be noisier than the deepest of them. Stacks from different telescopes
 (S50, S30, S30 Pro: other pixel scales and frame sizes) are matched by a similarity transform with
-scale (astroalign's triangles are scale-invariant, but a large scale difference is not yet matched
-reliably); one that does not register is refused with the reason.
+scale (astroalign's triangles are scale-invariant; a test adds an S50 stack resampled to an S30-like
+0.6x); one that does not register is refused with the reason.
 
 Arrays: images (3, H, W) float32, maps (H, W) float32; star positions in pixels (x = column).
 """
@@ -30,6 +30,7 @@ from .stars import StarField, aperture_fluxes, detect_stars
 ADU = 65535.0                 # stacks are stored in ADU/65535; star detection works in ADU
 MAX_SCALE_ERROR = 0.8         # S50 vs S30 pixel scales differ by ~1.7x: allow them, refuse wilder fits
 MAX_RESIDUAL_PX = 1.5         # stacks of different nights and telescopes agree less well than frames
+MIN_STAR_FWHM_PX = 1.2        # pixel rejection removed the hot pixels; a coarser telescope's stars are narrow
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def luminance(image: np.ndarray) -> np.ndarray:
 def measure(image: np.ndarray) -> StackMeasure:
     """Stars, sky and noise of a (3, H, W) stack in ADU/65535."""
     lum = luminance(image) * np.float32(ADU)
-    stars = detect_stars(lum, max_stars=300, saturation=0.9 * ADU)
+    stars = detect_stars(lum, max_stars=300, saturation=0.9 * ADU, min_fwhm_px=MIN_STAR_FWHM_PX)
     sky = np.array([sky_level_and_noise(plane)[0] for plane in image])
     _, noise = sky_level_and_noise(lum)
     return StackMeasure(stars=stars, sky=sky, noise=noise / ADU)
@@ -100,8 +101,9 @@ def flux_scale(stack_lum: np.ndarray, stack: StackMeasure, matrix: np.ndarray, r
     good = (mine > 0) & (theirs > 0)
     if good.sum() < 3:
         raise RegistrationError("cannot compare brightness: too few stars with flux in both")
-    # Fluxes are in ADU·pixel: a stack whose pixels are smaller spreads the same light over more of them.
-    return float(np.median(theirs[good] / mine[good])) * pixel_scale ** 2
+    # Fluxes are sums over pixels. Warping keeps pixel values and spreads each of the stack's pixels over
+    # pixel_scale² grid pixels, so a star's flux on the grid is pixel_scale² times its flux here.
+    return float(np.median(theirs[good] / mine[good])) / pixel_scale ** 2
 
 
 def start(image: np.ndarray, coverage: np.ndarray, stack: StackMeasure) -> Running:

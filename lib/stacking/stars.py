@@ -42,12 +42,14 @@ class StarField:
 
 
 def detect_stars(image: np.ndarray, *, detect_sigma: float = 5.0, max_stars: int = 200,
-                 saturation: float = 60000.0) -> StarField:
+                 saturation: float = 60000.0, min_fwhm_px: float = MIN_STAR_FWHM_PX) -> StarField:
     """Find stars in a luminance image and measure them.
 
     image: (H, W) float32 in ADU (it is not modified). detect_sigma: threshold in units of the sky RMS.
     saturation: ADU level above which a star's core is clipped; such stars still count and are used
-    for matching, but not for FWHM or elongation.
+    for matching, but not for FWHM or elongation. min_fwhm_px: narrower objects are not stars (the
+    default rejects hot pixels of a raw frame seen through the luminance kernel; a finished stack has
+    none, and an undersampled telescope's stars can be narrower than that).
     """
     image = np.ascontiguousarray(image, dtype=np.float32)
     sky = sep.Background(image, bw=64, bh=64, fw=3, fh=3)
@@ -61,7 +63,7 @@ def detect_stars(image: np.ndarray, *, detect_sigma: float = 5.0, max_stars: int
     size = np.sqrt(np.maximum(objects["a"] * objects["b"], 0.25))
     half_light, _ = sep.flux_radius(data, x, y, np.clip(6.0 * size, 4.0, 40.0), 0.5, subpix=3)
     fwhm = 2.0 * half_light  # exact for a Gaussian profile
-    is_star = np.isfinite(fwhm) & (fwhm >= MIN_STAR_FWHM_PX)
+    is_star = np.isfinite(fwhm) & (fwhm >= min_fwhm_px)
     objects, fwhm = objects[is_star], fwhm[is_star]
     if len(objects) == 0:
         return _empty(float(sky.globalback), noise)
