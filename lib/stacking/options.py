@@ -46,7 +46,7 @@ class StackOptions:
     max_residual_px: float = 1.0     # RMS of matched star positions after the fit, in pixels
     max_scale_error: float = 0.02    # |scale - 1| allowed: frames of one telescope share a plate scale
 
-    interpolation: str = "cubic"     # warp kernel: "cubic" or "lanczos4" (sharper, ~5x slower)
+    interpolation: str = "cubic"     # warp kernel: "cubic" or "lanczos4" (~5x slower, no sharper on Seestar stacks)
 
     workers: int | None = None       # worker processes; None: min(cores, frames); 1: all in the caller
     mem_limit: int = 64 * 2**20     # bytes of working memory the combine step may use, all workers together
