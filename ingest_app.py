@@ -297,7 +297,7 @@ def stack_preview(stack_id):
 @app.get("/stacks/<stack_id:int>/thumb.jpg")
 def stack_thumbnail(stack_id):
     stack = _visible_stack(user_or_none(), stack_id)
-    thumb = gallery_lib.thumbnail(svc.archive, svc.settings.data_dir / "cache" / "thumbs", stack)
+    thumb = gallery_lib.thumbnail(svc.archive, gallery_lib.thumbnail_cache(svc.settings), stack)
     if isinstance(thumb, bytes):
         bottle.response.content_type = "image/jpeg"
         return thumb

@@ -37,6 +37,7 @@ def tasks(svc) -> list[tuple[str, object, int]]:
          max(10, settings.lease_seconds // 2)),
         ("drop-unstackable-raws", lambda: janitor_tasks.drop_unstackable_raws(svc), 3600),
         ("reconcile", lambda: janitor_tasks.reconcile(svc, settings.reconcile_grace_seconds), 3600),
+        ("prune-thumbnails", lambda: janitor_tasks.prune_thumbnails(svc), 3600),
     ]
     if settings.stack_every_minutes > 0:
         source = worker.DirectSource(svc)

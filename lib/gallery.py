@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -289,8 +290,7 @@ def thumbnail(archive, cache_dir: Path, stack: dict) -> Path | bytes:
     """
     from PIL import Image
 
-    tag = hashlib.sha256(stack["preview_key"].encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{stack['id']}-{tag}.jpg"
+    path = Path(cache_dir) / thumbnail_name(stack)
     if path.exists():
         return path
     source = io.BytesIO(b"".join(archive.iter_bytes(stack["preview_key"])))
@@ -310,6 +310,39 @@ def thumbnail(archive, cache_dir: Path, stack: dict) -> Path | bytes:
         log.warning("thumbnail cache not writable (%s): serving without it", exc)
         return data
     return path
+
+
+def thumbnail_cache(settings) -> Path:
+    """The folder where the web app caches thumbnails: $DATA_DIR/cache/thumbs on its machine."""
+    return settings.data_dir / "cache" / "thumbs"
+
+
+def thumbnail_name(stack: dict) -> str:
+    """The cache file name of a stack's thumbnail: its id and a hash of its preview's archive key."""
+    tag = hashlib.sha256(stack["preview_key"].encode()).hexdigest()[:16]
+    return f"{stack['id']}-{tag}.jpg"
+
+
+def prune_thumbnails(db, cache_dir: Path, min_age_s: float = 3600.0) -> list[str]:
+    """Delete cached thumbnails no stack shows any more (the stack was restacked or deleted) and
+    half-written files; only files older than min_age_s, so that a thumbnail written for a stack
+    newer than this look at the stacks table is left alone. Returns the names deleted.
+
+    Without this the cache would keep one file per preview ever shown; with it, it holds at most one
+    per stack (~50 KB each)."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    current = {thumbnail_name(row) for row in db.query(
+        "SELECT id, preview_key FROM stacks WHERE preview_key IS NOT NULL")}
+    cutoff = time.time() - min_age_s
+    deleted = []
+    for path in cache_dir.iterdir():
+        unused = path.suffix == ".part" or (path.suffix == ".jpg" and path.name not in current)
+        if unused and path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+            deleted.append(path.name)
+    return deleted
 
 
 # --- "Download all": the chosen stacks' FITS in one streamed ZIP ------------------------------

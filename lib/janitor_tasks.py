@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from lib import queue, uploads
+from lib import gallery, queue, uploads
 from lib.db import now
 from lib.storage import StorageError
 
@@ -60,6 +60,11 @@ def drop_unstackable_raws(svc) -> list[int]:
         svc.db["frames"].update({"id": row["id"], "status": "discarded"}, ["id"])
         dropped.append(row["id"])
     return dropped
+
+
+def prune_thumbnails(svc) -> list[str]:
+    """Cached gallery thumbnails of previews no stack shows any more (on this machine's DATA_DIR)."""
+    return gallery.prune_thumbnails(svc.db, gallery.thumbnail_cache(svc.settings))
 
 
 def reconcile(svc, grace_s: float = 3600.0) -> dict:

@@ -88,5 +88,28 @@ def test_janitor_once_runs_every_task(tmp_path):
     done = subprocess.run([sys.executable, "janitor.py", "--once"], env=env, capture_output=True, text=True,
                           cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]), timeout=120)
     assert done.returncode == 0, done.stderr
-    for task in ("expire-sessions", "requeue-dead-leases", "drop-unstackable-raws", "reconcile"):
+    for task in ("expire-sessions", "requeue-dead-leases", "drop-unstackable-raws", "reconcile", "prune-thumbnails"):
         assert f'"{task}: ' in done.stderr
+
+
+def test_thumbnails_no_stack_shows_are_pruned(svc):
+    import os
+
+    from lib import gallery
+    cache = gallery.thumbnail_cache(svc.settings)
+    cache.mkdir(parents=True)
+    stack_id = svc.db["stacks"].insert({"kind": "chunk", "preview_key": "stacks/chunk/1/a/preview.png"})
+    shown = cache / gallery.thumbnail_name({"id": stack_id, "preview_key": "stacks/chunk/1/a/preview.png"})
+    restacked = cache / gallery.thumbnail_name({"id": stack_id, "preview_key": "stacks/chunk/1/old/preview.png"})
+    deleted = cache / gallery.thumbnail_name({"id": stack_id + 1, "preview_key": "stacks/chunk/2/a/preview.png"})
+    half_written = cache / "tmp123.part"
+    just_written = cache / gallery.thumbnail_name({"id": stack_id + 2, "preview_key": "stacks/chunk/3/a/preview.png"})
+    an_hour_ago = time.time() - 3700
+    for path in (shown, restacked, deleted, half_written, just_written):
+        path.write_bytes(b"jpeg")
+        if path is not just_written:
+            os.utime(path, (an_hour_ago, an_hour_ago))
+
+    assert sorted(janitor_tasks.prune_thumbnails(svc)) == sorted([restacked.name, deleted.name, half_written.name])
+    assert shown.exists() and just_written.exists()       # in use; too new to judge
+    assert janitor_tasks.prune_thumbnails(svc) == []
