@@ -4,8 +4,8 @@
     python janitor.py --once   run every task once (for cron) and exit
 
 Tasks: expire upload sessions left unfinished (and delete their raws), return jobs whose stacker
-died to the queue, drop raws of failed jobs nobody retried, reconcile rows with stored objects, and,
-when ``CROWDSKY_STACK_EVERY_MINUTES`` is set, run a stacking pass for
+died to the queue, drop raws of failed jobs nobody retried, reconcile rows with stored objects, prune
+cached thumbnails no stack shows, and, when ``CROWDSKY_STACK_EVERY_MINUTES`` is set, run a stacking pass for
 deployments without a long-running stacker.
 """
 from __future__ import annotations
