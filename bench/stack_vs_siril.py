@@ -77,26 +77,16 @@ def _process_tree(pid: int) -> list[int]:
     return seen
 
 
-def _rss_kb(pid: int) -> int:
-    """Resident set size from /proc/PID/status: kernel counters, cheap to read."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+def _proc_kb(pid: int, name: str, field: str) -> int:
+    """A "Field:  N kB" line of /proc/PID/<name>, in kB (0 once the process is gone).
 
-
-def _pss_kb(pid: int) -> int:
-    """Proportional set size from /proc/PID/smaps_rollup. Reading it walks the process's page tables
-    under its memory-map lock, which stalls a process that maps and unmaps memory all the time (the
-    stacker's workers do): read it only every PSS_EVERY-th sample."""
+    status (VmRSS) holds kernel counters, cheap to read. smaps_rollup (Pss) walks the process's page
+    tables under its memory-map lock, which stalls a process that maps and unmaps memory all the time
+    (the stacker's workers do): it is read only every PSS_EVERY-th sample."""
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as handle:
+        with open(f"/proc/{pid}/{name}") as handle:
             for line in handle:
-                if line.startswith("Pss:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -130,12 +120,12 @@ def run_measured(command: list[str], cwd: Path) -> Run:
         tick = 0
         while not done.is_set():
             pids = _process_tree(process.pid)
-            rss = [_rss_kb(pid) for pid in pids]
+            rss = [_proc_kb(pid, "status", "VmRSS") for pid in pids]
             peak["rss"] = max(peak["rss"], sum(rss))
             peak["largest"] = max([peak["largest"], *rss])
             peak["count"] = max(peak["count"], len(pids))
             if tick % PSS_EVERY == 0:
-                peak["pss"] = max(peak["pss"], sum(_pss_kb(pid) for pid in pids))
+                peak["pss"] = max(peak["pss"], sum(_proc_kb(pid, "smaps_rollup", "Pss") for pid in pids))
             tick += 1
             time.sleep(SAMPLE_SECONDS)
 

@@ -8,4 +8,3 @@ from .options import FrameVerdict, StackingError, StackOptions, StackResult
 from .runner import stack_files
 
 __all__ = ["stack_files", "StackOptions", "StackResult", "FrameVerdict", "StackingError"]
-

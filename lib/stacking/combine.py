@@ -24,7 +24,7 @@ WINSOR_CORRECTION = 1.134         # ... which shrinks a Gaussian's σ by this fa
 WINSOR_TOLERANCE = 5e-4           # relative change of σ at which the iteration has settled (Siril's)
 WINSOR_MAX_STEPS = 50             # most pixels settle in one or two steps
 EDGE_MARGIN = 1e-6                # relative step past the σ where the clamped set changes (float32 data)
-CHUNK_ELEMENTS = 2**19              # values handled at once: ~20 MB of temporaries, few enough calls
+CHUNK_ELEMENTS = 2**19            # values handled at once: ~20 MB of temporaries, few enough calls
 
 
 def count_true(mask: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .normalize import sky_level_and_noise
+
 PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
 
 # Malvar, He & Cutler (2004), "High-quality linear interpolation for demosaicing of Bayer-patterned
@@ -32,7 +34,6 @@ _CORRECTION = {
 }
 _CORRECTION = {name: (kernel / 8).astype(np.float32) for name, kernel in _CORRECTION.items()}
 SHRINK_SIGMAS = 1.0        # the part of the correction within ±1σ of its sky noise is dropped
-MAD_TO_SIGMA = 1.4826
 
 # OpenCV names a Bayer conversion after the colours at row 1, columns 1 and 2 of the mosaic, not after
 # the top-left 2x2 block: an RGGB sensor is its "BayerBG".
@@ -107,8 +108,7 @@ def _shrink(correction: np.ndarray) -> None:
     correction: (H, W) float32; the sky dominates it, so its MAD is the sky's noise through the kernel.
     Afterwards it is 0 where it was noise and keeps nearly all of itself on stars.
     """
-    sample = correction[::8, ::8]
-    limit = float(SHRINK_SIGMAS * MAD_TO_SIGMA * np.median(np.abs(sample - np.median(sample))))
+    limit = SHRINK_SIGMAS * sky_level_and_noise(correction)[1]
     # OpenCV's min/max/subtract: the same arithmetic as numpy's clip, a few times faster
     cv2.subtract(correction, cv2.min(cv2.max(correction, -limit), limit), dst=correction)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -30,6 +29,7 @@ from .normalize import noise_weights, normalization, sky_level_and_noise, transp
 from .options import FrameVerdict, StackingError, StackOptions, StackResult
 from .preview import encode_png, stretch
 from .register import Registration, RegistrationError, find_registration, warp
+from .runner import Progress
 from .stars import StarField, aperture_fluxes, detect_stars
 
 ADU_SCALE = np.float32(1 / 65535)    # the cube and the stack hold ADU/65535, as Siril does
@@ -37,9 +37,6 @@ SATURATION_ADU = 60000.0
 CHUNK_OVERHEAD = 20 * 2**20          # combine's per-worker temporaries besides the block (CHUNK_ELEMENTS)
 CV_TYPES = {"float16": cv2.CV_16F, "float32": cv2.CV_32F}
 PROGRESS_MEASURED, PROGRESS_REGISTERED = 0.3, 0.75   # fractions of the run at the end of each stage
-
-Progress = Callable[[float, str], None]
-
 
 # ------------------------------------------------------------------------------- worker-side steps
 

@@ -178,11 +178,11 @@ def rotation_guess(frame_xy: np.ndarray, ref_xy: np.ndarray) -> np.ndarray | Non
     for degrees in (angle, angle + 180.0):
         theta = np.radians(degrees)
         turned = np.array([[np.cos(theta), -np.sin(theta), 0.0], [np.sin(theta), np.cos(theta), 0.0]])
-        shift = shift_guess(apply_matrix(turned, frame_xy), ref_xy)
+        turned_xy = apply_matrix(turned, frame_xy)
+        shift = shift_guess(turned_xy, ref_xy)
         if shift is None:
             continue
-        paired = int(np.count_nonzero(_nearest(apply_matrix(turned, frame_xy) + shift[:, 2], ref_xy)[0]
-                                      <= SHIFT_TOLERANCE_PX))
+        paired = int(np.count_nonzero(_nearest(turned_xy + shift[:, 2], ref_xy)[0] <= SHIFT_TOLERANCE_PX))
         if paired > best_votes:
             best, best_votes = np.hstack([turned[:, :2], shift[:, 2:]]), paired
     return best

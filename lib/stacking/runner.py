@@ -1,8 +1,9 @@
 """stack_files, and the stacking process where a multi-worker stack actually runs.
 
-With more than one worker stack_files() starts `python -m lib.stacking.runner WORKDIR CALLER_PID` and waits for it. The runner is a fresh
-interpreter that imports only the pipeline, forks its worker pool before doing anything else, streams
-progress back as JSON lines on stdout and leaves the result (or the reason there is none) in WORKDIR.
+With more than one worker stack_files() starts `python -m lib.stacking.runner WORKDIR CALLER_PID` and
+waits for it. The runner is a fresh interpreter that imports only the pipeline, forks its worker pool
+before doing anything else, streams progress back as JSON lines on stdout and leaves the result (or the
+reason there is none) in WORKDIR.
 
 Why a process of its own rather than a pool in the caller:
 - the caller may run threads (the stacker's heartbeats, a web server); forking a threaded process can
@@ -12,8 +13,8 @@ Why a process of its own rather than a pool in the caller:
 - whatever the stack allocates goes back to the system when the runner exits.
 - if the caller dies the runner and its workers die with it (PR_SET_PDEATHSIG), and the next stack
   removes the scratch directory they leave behind.
-- the caller never imports the pipeline's libraries (OpenCV, sep, astropy) while the stack runs, so it
-  adds little to the memory of the stack; it imports them when it unpacks the result.
+- the caller never imports the pipeline's libraries (OpenCV, sep, astropy): the runner renders the
+  FITS and PNG files into the StackResult, so the caller adds little to the memory of the stack.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .options import StackingError, StackOptions
+from .options import StackingError, StackOptions, StackResult
 
 SCRATCH_PREFIX = "crowdsky-stack-"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,14 +95,15 @@ def _keep_freed_memory() -> None:
 
     The combine step allocates and frees the same few megabytes thousands of times; by default glibc
     returns such blocks to the kernel and the next allocation page-faults them back in, which costs
-    about as much as the arithmetic. Frame-sized arrays (8 MB and up, a few per frame) are better
-    handed back at once: kept, they would sit in every worker's resident set for the rest of the stack.
+    about as much as the arithmetic. Lower thresholds (4 MB / 8 MB) were tried: they save ~15 MB a
+    worker and cost 2-4 s of page faults on 32 frames.
     """
     libc = _libc()
     if libc is not None:
         m_trim_threshold, m_mmap_threshold = -1, -3
-        # below 4 MB (the combine's temporaries, 2 MB each): from the heap, reused; from 4 MB (frame
-        # planes, row blocks): a mapping of its own, unmapped on free. At most 8 MB of free heap is kept.
+        # below 16 MB (the combine's temporaries, frame planes): from the heap, reused; from 16 MB (the
+        # demosaiced frame, row blocks): a mapping of its own, unmapped on free. Up to 64 MB of free
+        # heap is kept.
         libc.mallopt(m_mmap_threshold, 16 * 2**20)
         libc.mallopt(m_trim_threshold, 64 * 2**20)
 
@@ -112,8 +114,8 @@ Progress = Callable[[float, str], None]
 
 
 def stack_files(paths: Sequence[Path], *, names: Sequence[str] | None = None, progress: Progress | None = None,
-                options: StackOptions = StackOptions()):
-    """Stack raw Bayer FITS frames into one colour image; returns a pipeline.StackResult.
+                options: StackOptions = StackOptions()) -> StackResult:
+    """Stack raw Bayer FITS frames into one colour image.
 
     paths: the frames. names: display names for verdicts and the FRAMES table, default the file
     names. progress(fraction 0..1, message) is called per frame while measuring and registering and
@@ -138,7 +140,7 @@ def stack_files(paths: Sequence[Path], *, names: Sequence[str] | None = None, pr
 
 
 def run_in_subprocess(paths: list[Path], names: list[str], report: Progress,
-                      options: StackOptions, workers: int):
+                      options: StackOptions, workers: int) -> StackResult:
     """Run the pipeline in a runner process; returns its StackResult or raises its StackingError."""
     scratch_root = Path(options.tmp_dir or tempfile.gettempdir())
     _remove_orphaned_scratch(scratch_root)
