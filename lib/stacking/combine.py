@@ -10,7 +10,9 @@ taken over the values of the unsorted stack that lie within them (that is where 
 
 Winsorized sigma clipping (the default, as in Siril and PixInsight): the spread is estimated with the
 tails pulled in to median ± 1.5σ, iterated until σ settles, so a satellite trail or a hot pixel cannot
-inflate the very σ that is supposed to reject it.
+inflate the very σ that is supposed to reject it. Most pixels of a stack are sky with nothing to
+reject; a cheap bound (winsorized_keeps_all) recognises most of them before their winsorized σ is
+iterated, which halves the time of the whole step without changing its result.
 """
 from __future__ import annotations
 
@@ -111,6 +113,33 @@ def plain_sigma(block: SortedStack, deviation: np.ndarray, columns: np.ndarray, 
     return np.sqrt(np.maximum(total_sq / m - (total / m) ** 2, 0.0))
 
 
+def clamped_variance(block: SortedStack, deviation: np.ndarray, columns: np.ndarray, low: np.ndarray,
+                     high: np.ndarray, center: np.ndarray, beta: np.ndarray):
+    """Variance of the values in [low, high) of each of `columns` once clamped to center ± beta.
+
+    Arguments as for `winsorized_sigma`, beta (p,) > 0. Returns the clamped run, first_inside and
+    past_inside (p,), and the coefficients a0, a1, a2 (p,) float64 of the variance as a function of the
+    clamp: a0 + a1·β + a2·β², which holds for every β that clamps the same values.
+    """
+    n = (high - low).astype(np.float64)
+    first_inside = np.clip(count_below(deviation, center - beta), low, high)
+    past_inside = np.clip(count_up_to(deviation, center + beta), low, high)
+    inner, inner_sq = range_sums(block, columns, first_inside, past_inside)
+    # k_low values sit at c - β and k_high at c + β
+    both = (first_inside - low + high - past_inside).astype(np.float64)
+    skew = (high - past_inside - first_inside + low).astype(np.float64)
+    u, v = both * center + inner, both * center ** 2 + inner_sq
+    a0 = np.maximum(v / n - (u / n) ** 2, 0.0)
+    a1 = 2 * skew * (center / n - u / n ** 2)
+    a2 = both / n - (skew / n) ** 2
+    return first_inside, past_inside, a0, a1, a2
+
+
+def winsorized_step(a0: np.ndarray, a1: np.ndarray, a2: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """One step of the winsorized iteration: 1.134 · std of the values clamped to ± beta = 1.5σ."""
+    return WINSOR_CORRECTION * np.sqrt(np.maximum(a0 + a1 * beta + a2 * beta ** 2, 0.0))
+
+
 def winsorized_sigma(block: SortedStack, deviation: np.ndarray, columns: np.ndarray, low: np.ndarray,
                      high: np.ndarray, center: np.ndarray) -> np.ndarray:
     """Winsorized standard deviation of the values in [low, high) of each of `columns`.
@@ -123,31 +152,20 @@ def winsorized_sigma(block: SortedStack, deviation: np.ndarray, columns: np.ndar
     it does not, σ moves at least to where the clamping changes, so a few steps reach the same limit
     as the plain iteration.
     """
-    m = (high - low).astype(np.float64)
     sigma = plain_sigma(block, deviation, columns, low, high, center)
     result = sigma.copy()
     todo = np.arange(len(columns))
     kappa2 = WINSOR_CORRECTION ** 2
     for _ in range(WINSOR_MAX_STEPS):
-        lo, hi, c, n = low[todo], high[todo], center[todo], m[todo]
+        lo, hi, c, col = low[todo], high[todo], center[todo], columns[todo]
         beta = WINSOR_LIMIT * sigma
-        first_inside = np.clip(count_below(deviation, c - beta), lo, hi)
-        past_inside = np.clip(count_up_to(deviation, c + beta), lo, hi)
-        inner, inner_sq = range_sums(block, columns[todo], first_inside, past_inside)
-        # k_low values sit at c - β and k_high at c + β: the variance is a0 + a1·β + a2·β²
-        both = (first_inside - lo + hi - past_inside).astype(np.float64)
-        skew = (hi - past_inside - first_inside + lo).astype(np.float64)
-        u, v = both * c + inner, both * c ** 2 + inner_sq
-        a0 = np.maximum(v / n - (u / n) ** 2, 0.0)
-        a1 = 2 * skew * (c / n - u / n ** 2)
-        a2 = both / n - (skew / n) ** 2
-        step = np.sqrt(kappa2 * np.maximum(a0 + a1 * beta + a2 * beta ** 2, 0.0))
+        first_inside, past_inside, a0, a1, a2 = clamped_variance(block, deviation, col, lo, hi, c, beta)
+        step = winsorized_step(a0, a1, a2, beta)
         # fixed point of this clamping: (1 - 2.25κ²a2)σ² - 1.5κ²a1·σ - κ²a0 = 0, positive root
         qa = 1 - WINSOR_LIMIT ** 2 * kappa2 * a2
         qb = -WINSOR_LIMIT * kappa2 * a1
         root = (-qb + np.sqrt(np.maximum(qb * qb + 4 * qa * kappa2 * a0, 0.0))) / (2 * np.where(qa > 0, qa, 1.0))
         # the clamping holds while 1.5σ covers every value inside and none outside
-        col = columns[todo]
         reach = np.maximum(c - block.take(block.deviation, np.minimum(first_inside, past_inside - 1), col),
                            block.take(block.deviation, np.maximum(past_inside - 1, first_inside), col) - c)
         reach = np.where(past_inside > first_inside, reach, 0.0)
@@ -173,13 +191,36 @@ def winsorized_sigma(block: SortedStack, deviation: np.ndarray, columns: np.ndar
     return result
 
 
-def clip_ranges(block: SortedStack, spread, sigma_low: float, sigma_high: float,
-                max_iterations: int) -> tuple[np.ndarray, np.ndarray]:
+def winsorized_keeps_all(block: SortedStack, deviation: np.ndarray, columns: np.ndarray, low: np.ndarray,
+                         high: np.ndarray, center: np.ndarray, sigma_low: float, sigma_high: float) -> np.ndarray:
+    """(p,) True where a winsorized clipping pass over [low, high) certainly keeps every value, so the
+    pixel is finished without its winsorized σ being computed. Arguments as for `winsorized_sigma`.
+
+    With g(σ) = 1.134 · std(values clamped to center ± 1.5σ), which never decreases as σ grows (a wider
+    clamp only spreads the values further), the iteration σ ← g(σ) from the standard deviation s0
+    cannot end below any s ≤ s0 with g(s) ≥ s: every step from above s lands at g(·) ≥ g(s) ≥ s.
+    Taking for s the smallest σ whose limits hold every value, a pixel with s ≤ s0 and g(s) ≥ s keeps
+    all its values. On sky, where nothing is an outlier, that is most pixels.
+    """
+    spread = plain_sigma(block, deviation, columns, low, high, center)
+    lowest = block.take(block.deviation, low, columns).astype(np.float64)
+    highest = block.take(block.deviation, high - 1, columns).astype(np.float64)
+    # a hair wider than needed: the clipping compares in float32, which may round a limit inwards
+    needed = np.maximum((center - lowest) / sigma_low, (highest - center) / sigma_high) * (1 + EDGE_MARGIN)
+    beta = WINSOR_LIMIT * np.maximum(needed, np.finfo(np.float64).tiny)
+    *_, a0, a1, a2 = clamped_variance(block, deviation, columns, low, high, center, beta)
+    return (needed <= spread) & (winsorized_step(a0, a1, a2, beta) >= needed)
+
+
+def clip_ranges(block: SortedStack, spread, sigma_low: float, sigma_high: float, max_iterations: int,
+                keeps_all=None) -> tuple[np.ndarray, np.ndarray]:
     """Iterative sigma clipping on a sorted block.
 
     Each pass takes, for every pixel still being clipped, the median of its kept run and
     σ = spread(...), then keeps only values within [median - sigma_low·σ, median + sigma_high·σ].
-    Pixels stop when a pass keeps everything or fewer than 3 values remain.
+    Pixels stop when a pass keeps everything or fewer than 3 values remain. keeps_all(..., sigma_low,
+    sigma_high), called like spread, may tell beforehand which pixels a pass would leave as they are:
+    those stop without their σ being computed.
     Returns (low, high): (P,) the kept run of each pixel's sorted values.
     """
     low = np.zeros_like(block.counts)
@@ -191,6 +232,10 @@ def clip_ranges(block: SortedStack, spread, sigma_low: float, sigma_high: float,
             break
         lo, hi = low[columns], high[columns]
         center = range_quantile(block, columns, lo, hi, 0.5)
+        if keeps_all is not None:
+            unsure = np.flatnonzero(~keeps_all(block, deviation, columns, lo, hi, center, sigma_low, sigma_high))
+            columns, lo, hi, center = columns[unsure], lo[unsure], hi[unsure], center[unsure]
+            deviation = np.take(deviation, unsure, axis=1)
         sigma = spread(block, deviation, columns, lo, hi, center)
         new_lo = np.clip(count_below(deviation, center - sigma_low * sigma), lo, hi)
         new_hi = np.clip(count_up_to(deviation, center + sigma_high * sigma), lo, hi)
@@ -216,7 +261,8 @@ def winsorized_limits(stack: np.ndarray, sigma_low: float = 3.0, sigma_high: flo
                       max_iterations: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Winsorized sigma clipping. stack: (N, P) float32 with NaN. Returns (P,) low and high limits."""
     block = sort_stack(stack)
-    return range_limits(block, *clip_ranges(block, winsorized_sigma, sigma_low, sigma_high, max_iterations))
+    return range_limits(block, *clip_ranges(block, winsorized_sigma, sigma_low, sigma_high, max_iterations,
+                                            winsorized_keeps_all))
 
 
 def sigma_limits(stack: np.ndarray, sigma_low: float = 3.0, sigma_high: float = 3.0,

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # the caller needs numpy only once a result arrives (see runner.run_in_subprocess)
+    import numpy as np
 
 
 class StackingError(Exception):
