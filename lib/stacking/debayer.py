@@ -79,7 +79,6 @@ def debayer(cfa: np.ndarray, pattern: str) -> np.ndarray:
     for c in range(3):
         rgb[c] = bilinear[..., c]
     del bilinear
-    mosaic = mosaic.astype(np.float32)
     # where each correction goes: (colour, site) pairs, site = (row, column) in the 2x2 cell
     sites = {(k // 2, k % 2): letter for k, letter in enumerate(pattern)}
     uses: dict[str, list[tuple[int, tuple[int, int]]]] = {name: [] for name in _CORRECTION}
@@ -94,23 +93,27 @@ def debayer(cfa: np.ndarray, pattern: str) -> np.ndarray:
             else:
                 kernel = "diagonal"
             uses[kernel].append(("RGB".index(colour), site))
-    for kernel, targets in uses.items():  # one kernel at a time: a single extra plane in memory
-        correction = cv2.filter2D(mosaic, cv2.CV_32F, _CORRECTION[kernel], borderType=cv2.BORDER_REFLECT_101)
-        _shrink(correction)
+    correction, scratch = np.empty_like(rgb[0]), np.empty_like(rgb[0])
+    for kernel, targets in uses.items():  # one kernel at a time: two extra planes in memory, reused
+        cv2.filter2D(mosaic, cv2.CV_32F, _CORRECTION[kernel], dst=correction, borderType=cv2.BORDER_REFLECT_101)
+        _shrink(correction, scratch)
         for channel, (row, column) in targets:
             rgb[channel, row::2, column::2] += correction[row::2, column::2]
     return rgb
 
 
-def _shrink(correction: np.ndarray) -> None:
+def _shrink(correction: np.ndarray, scratch: np.ndarray) -> None:
     """Soft threshold, in place: the correction less its part within ±SHRINK_SIGMAS of its robust spread.
 
     correction: (H, W) float32; the sky dominates it, so its MAD is the sky's noise through the kernel.
-    Afterwards it is 0 where it was noise and keeps nearly all of itself on stars.
+    Afterwards it is 0 where it was noise and keeps nearly all of itself on stars. scratch: a plane
+    like it, overwritten.
     """
     limit = SHRINK_SIGMAS * sky_level_and_noise(correction)[1]
     # OpenCV's min/max/subtract: the same arithmetic as numpy's clip, a few times faster
-    cv2.subtract(correction, cv2.min(cv2.max(correction, -limit), limit), dst=correction)
+    cv2.max(correction, -limit, dst=scratch)
+    cv2.min(scratch, limit, dst=scratch)
+    cv2.subtract(correction, scratch, dst=correction)
 
 
 def cfa_luminance(cfa: np.ndarray) -> np.ndarray:

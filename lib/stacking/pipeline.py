@@ -102,15 +102,15 @@ def _register(task) -> Registered:
 
 def _combine_rows(task) -> int:
     rows, slots, gain, offset, weights, options, cube, output, coverage = task
-    frames = cube.map()
-    count, width = len(slots), frames.shape[3]
+    count, width = len(slots), cube.shape[3]
     block = np.empty((count, 3, rows[1] - rows[0], width), np.float32)
-    for k, slot in enumerate(slots):  # frame by frame: no second, cube-typed copy of the block
-        for c in range(3):  # gain · value + offset, converted to float32, in one pass (OpenCV: 5x numpy)
-            source = frames[slot, c, rows[0]:rows[1]]
-            cv2.addWeighted(source, float(gain[k, c]), source, 0.0, float(offset[k, c]), dst=block[k, c],
-                            dtype=cv2.CV_32F)
-    del frames
+    source = np.empty((rows[1] - rows[0], width), cube.dtype)
+    with cube.open() as handle:
+        for k, slot in enumerate(slots):  # frame by frame: no second, cube-typed copy of the block
+            for c in range(3):  # gain · value + offset, converted to float32, in one pass (OpenCV: 5x numpy)
+                cube.read_rows(handle, (slot, c), rows, source)
+                cv2.addWeighted(source, float(gain[k, c]), source, 0.0, float(offset[k, c]), dst=block[k, c],
+                                dtype=cv2.CV_32F)
     image = output.map(writable=True)
     rejected = 0
     for c in range(3):

@@ -51,9 +51,9 @@ def detect_stars(image: np.ndarray, *, detect_sigma: float = 5.0, max_stars: int
     default rejects hot pixels of a raw frame seen through the luminance kernel; a finished stack has
     none, and an undersampled telescope's stars can be narrower than that).
     """
-    image = np.ascontiguousarray(image, dtype=np.float32)
-    sky = sep.Background(image, bw=64, bh=64, fw=3, fh=3)
-    data = image - sky.back()
+    data = np.array(image, dtype=np.float32, order="C")  # a copy, the sky is subtracted from it in place
+    sky = sep.Background(data, bw=64, bh=64, fw=3, fh=3)
+    sky.subfrom(data)
     noise = float(sky.globalrms)
     objects = _extract(data, detect_sigma, noise)
     if len(objects) == 0:
