@@ -29,7 +29,7 @@ from .normalize import noise_weights, normalization, sky_level_and_noise, transp
 from .options import FrameVerdict, StackingError, StackOptions, StackResult
 from .preview import encode_png, stretch
 from .register import Registration, RegistrationError, find_registration, warp
-from .runner import Progress
+from .runner import Progress, releases_memory
 from .stars import StarField, aperture_fluxes, detect_stars
 
 ADU_SCALE = np.float32(1 / 65535)    # the cube and the stack hold ADU/65535, as Siril does
@@ -62,6 +62,7 @@ class Registered:
     error: str | None = None
 
 
+@releases_memory
 def _measure(task: tuple[int, str, StackOptions]) -> Measured:
     index, path, options = task
     try:
@@ -73,6 +74,7 @@ def _measure(task: tuple[int, str, StackOptions]) -> Measured:
     return Measured(index, header, stars)
 
 
+@releases_memory
 def _register(task) -> Registered:
     index, slot, path, frame_xy, frame_flux, ref_xy, is_reference, aperture, options, cube = task
     try:
