@@ -75,6 +75,7 @@ def _init_worker() -> None:
     _keep_freed_memory()
 
 
+@functools.cache
 def _libc():
     try:
         return ctypes.CDLL("libc.so.6", use_errno=True)
