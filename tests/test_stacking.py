@@ -362,7 +362,7 @@ def _reference_winsorized(values: np.ndarray, low=3.0, high=3.0, passes=5) -> tu
     return (v.min(), v.max()) if len(v) else (np.nan, np.nan)
 
 
-@pytest.mark.parametrize("frames", [3, 5, 8, 17, 40])
+@pytest.mark.parametrize("frames", [3, 5, 8, 17, 40, 150])
 @pytest.mark.parametrize("outlier_rate", [0.05, 0.0])  # 0: sky only, where most pixels are decided early
 def test_vectorised_winsorized_clipping_matches_the_per_pixel_procedure(frames, outlier_rate):
     rng = np.random.default_rng(frames)

@@ -26,6 +26,7 @@ WINSOR_CORRECTION = 1.134         # ... which shrinks a Gaussian's σ by this fa
 WINSOR_TOLERANCE = 5e-4           # relative change of σ at which the iteration has settled (Siril's)
 WINSOR_MAX_STEPS = 50             # most pixels settle in one or two steps
 EDGE_MARGIN = 1e-6                # relative step past the σ where the clamped set changes (float32 data)
+WHOLE_STACK_MARGIN = 1e-5         # relative safety of the row-wise first look (whole_stacks_kept)
 CHUNK_ELEMENTS = 2**19            # values handled at once: ~20 MB of temporaries, few enough calls
 
 
@@ -60,7 +61,11 @@ class SortedStack:
 
 def sort_stack(stack: np.ndarray) -> SortedStack:
     """Sort a block (N, P) float32 with NaN, and precompute counts and prefix sums."""
-    values = np.sort(stack, axis=0)
+    return sorted_stack(np.sort(stack, axis=0))
+
+
+def sorted_stack(values: np.ndarray) -> SortedStack:
+    """The SortedStack of a block already sorted along axis 0 (NaN last)."""
     n_frames = len(values)
     if np.isnan(values[-1]).any():  # only then are some stacks short
         counts = count_true(~np.isnan(values))
@@ -191,6 +196,40 @@ def winsorized_sigma(block: SortedStack, deviation: np.ndarray, columns: np.ndar
     return result
 
 
+def whole_stacks_kept(values: np.ndarray, sigma_low: float, sigma_high: float) -> np.ndarray:
+    """(P,) True for the pixels whose first winsorized pass certainly keeps every value, decided on
+    whole rows of the sorted block (N, P) float32, before any prefix sum is built.
+
+    The same bound as `winsorized_keeps_all`, for stacks that no frame is missing from (a stack with
+    NaN gives False): median, standard deviation and the clamped spread come from row operations,
+    which is what makes this the cheap first look at every pixel.
+    """
+    n_frames = len(values)
+    if n_frames < MIN_VALUES_TO_CLIP:
+        return np.zeros(values.shape[1], bool)
+    origin = values[(n_frames - 1) // 2]
+    deviation = values - origin
+    center = 0.5 * (deviation[(n_frames - 1) // 2].astype(np.float64) + deviation[n_frames // 2])
+    spread = _std(deviation)
+    needed = np.maximum((center - deviation[0]) / sigma_low, (deviation[-1] - center) / sigma_high)
+    # a little wider than needed: sums of N float32 values are good to about N·2⁻²⁴ relative, here and
+    # in the full procedure
+    needed *= 1 + WHOLE_STACK_MARGIN * (1 + n_frames / 100)
+    beta = WINSOR_LIMIT * needed
+    clamped = np.minimum(np.maximum(deviation, (center - beta).astype(np.float32)), (center + beta).astype(np.float32))
+    with np.errstate(invalid="ignore"):  # NaN in a column: its comparisons are False
+        return (needed <= spread) & (WINSOR_CORRECTION * _std(clamped) >= needed)
+
+
+def _std(rows: np.ndarray) -> np.ndarray:
+    """(P,) float64 population standard deviation of each column of an (N, P) float32 array whose
+    values lie around 0 (deviations from the median), summed in float32."""
+    n = len(rows)
+    total = rows.sum(axis=0).astype(np.float64)
+    squares = np.square(rows).sum(axis=0).astype(np.float64)
+    return np.sqrt(np.maximum(squares / n - (total / n) ** 2, 0.0))
+
+
 def winsorized_keeps_all(block: SortedStack, deviation: np.ndarray, columns: np.ndarray, low: np.ndarray,
                          high: np.ndarray, center: np.ndarray, sigma_low: float, sigma_high: float) -> np.ndarray:
     """(p,) True where a winsorized clipping pass over [low, high) certainly keeps every value, so the
@@ -260,9 +299,13 @@ def range_limits(block: SortedStack, low: np.ndarray, high: np.ndarray) -> tuple
 def winsorized_limits(stack: np.ndarray, sigma_low: float = 3.0, sigma_high: float = 3.0,
                       max_iterations: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Winsorized sigma clipping. stack: (N, P) float32 with NaN. Returns (P,) low and high limits."""
-    block = sort_stack(stack)
-    return range_limits(block, *clip_ranges(block, winsorized_sigma, sigma_low, sigma_high, max_iterations,
-                                            winsorized_keeps_all))
+    values = np.sort(stack, axis=0)
+    lowest, highest = values[0].copy(), values[-1].copy()   # a stack kept whole: its extremes
+    unsure = np.flatnonzero(~whole_stacks_kept(values, sigma_low, sigma_high))
+    block = sorted_stack(np.take(values, unsure, axis=1))
+    lowest[unsure], highest[unsure] = range_limits(
+        block, *clip_ranges(block, winsorized_sigma, sigma_low, sigma_high, max_iterations, winsorized_keeps_all))
+    return lowest, highest
 
 
 def sigma_limits(stack: np.ndarray, sigma_low: float = 3.0, sigma_high: float = 3.0,
