@@ -376,6 +376,17 @@ def test_vectorised_winsorized_clipping_matches_the_per_pixel_procedure(frames, 
         assert (lowest[p], highest[p]) == pytest.approx(expected, abs=1e-3, nan_ok=True), p
 
 
+def test_pixel_stacks_sort_like_numpy_with_missing_values_last():
+    rng = np.random.default_rng(3)
+    for frames in range(1, 41):
+        stack = rng.normal(0, 1, (frames, 257)).astype(np.float32)
+        stack[rng.random(stack.shape) < 0.2] = np.nan
+        stack[:, 0] = 1.0  # ties
+        assert np.array_equal(combine.sort_frames(stack), np.sort(stack, axis=0), equal_nan=True), frames
+        whole = stack[:, 1:]
+        assert np.array_equal(combine.sort_frames(np.nan_to_num(whole)), np.sort(np.nan_to_num(whole), axis=0))
+
+
 def test_combine_rejects_outliers_and_weights_frames():
     rng = np.random.default_rng(0)
     stack = rng.normal(10, 1, (12, 2000)).astype(np.float32)

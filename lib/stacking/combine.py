@@ -16,6 +16,7 @@ iterated, which halves the time of the whole step without changing its result.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,7 @@ WINSOR_TOLERANCE = 5e-4           # relative change of σ at which the iteration
 WINSOR_MAX_STEPS = 50             # most pixels settle in one or two steps
 EDGE_MARGIN = 1e-6                # relative step past the σ where the clamped set changes (float32 data)
 WHOLE_STACK_MARGIN = 1e-5         # relative safety of the row-wise first look (whole_stacks_kept)
+SORTING_NETWORK_MAX = 32          # up to this many frames a sorting network beats numpy's per-pixel sort
 CHUNK_ELEMENTS = 2**19            # values handled at once: ~20 MB of temporaries, few enough calls
 
 
@@ -59,9 +61,49 @@ class SortedStack:
         return np.take(array.reshape(-1), rows * array.shape[1] + columns)
 
 
+@functools.cache
+def merge_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Batcher's odd-even merge sort for n inputs (Knuth, TAOCP 3, 5.3.4): the compare-exchange pairs
+    (i, j), i < j, that sort any n values when applied in order (19 pairs for 8, 191 for 32)."""
+    pairs = []
+    span = 1
+    while span < n:
+        step = span
+        while step >= 1:
+            for start in range(step % span, n - step, 2 * step):
+                for i in range(start, min(start + step, n - step)):
+                    if i // (2 * span) == (i + step) // (2 * span):
+                        pairs.append((i, i + step))
+            step //= 2
+        span *= 2
+    return tuple(pairs)
+
+
+def sort_frames(stack: np.ndarray) -> np.ndarray:
+    """Each pixel's values sorted: (N, P) float32 with NaN → a sorted copy, NaN last.
+
+    numpy sorts one short column at a time; for up to SORTING_NETWORK_MAX frames a sorting network
+    applied to whole rows (a minimum and a maximum of two rows per pair, for all pixels at once) is
+    2-5x faster. Missing values travel through it as +inf (no frame value is infinite).
+    """
+    if len(stack) > SORTING_NETWORK_MAX:
+        return np.sort(stack, axis=0)
+    missing = np.isnan(stack)
+    has_missing = bool(missing.any())
+    values = np.where(missing, np.float32(np.inf), stack) if has_missing else stack.copy()
+    smaller = np.empty_like(values[0])
+    for i, j in merge_network(len(values)):
+        np.minimum(values[i], values[j], out=smaller)
+        np.maximum(values[i], values[j], out=values[j])
+        values[i] = smaller
+    if has_missing:
+        values[values == np.inf] = np.nan
+    return values
+
+
 def sort_stack(stack: np.ndarray) -> SortedStack:
     """Sort a block (N, P) float32 with NaN, and precompute counts and prefix sums."""
-    return sorted_stack(np.sort(stack, axis=0))
+    return sorted_stack(sort_frames(stack))
 
 
 def sorted_stack(values: np.ndarray) -> SortedStack:
@@ -299,7 +341,7 @@ def range_limits(block: SortedStack, low: np.ndarray, high: np.ndarray) -> tuple
 def winsorized_limits(stack: np.ndarray, sigma_low: float = 3.0, sigma_high: float = 3.0,
                       max_iterations: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """Winsorized sigma clipping. stack: (N, P) float32 with NaN. Returns (P,) low and high limits."""
-    values = np.sort(stack, axis=0)
+    values = sort_frames(stack)
     lowest, highest = values[0].copy(), values[-1].copy()   # a stack kept whole: its extremes
     unsure = np.flatnonzero(~whole_stacks_kept(values, sigma_low, sigma_high))
     block = sorted_stack(np.take(values, unsure, axis=1))
