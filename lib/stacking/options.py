@@ -3,11 +3,12 @@ one error. Nothing here needs the pipeline's libraries, so a caller that only st
 their results stays small."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the caller needs numpy only once a result arrives (see runner.run_in_subprocess)
+if TYPE_CHECKING:  # a caller that only starts stacks and saves their files never loads numpy
     import numpy as np
 
 
@@ -87,14 +88,11 @@ class FrameVerdict:
 class StackResult:
     """A finished stack.
 
-    image: (3, H, W) float32 R, G, B in ADU/65535 of the reference frame; coverage: (H, W) int16 frames
-    covering each pixel; frames: one verdict per input frame, in input order. Times are ISO-8601 UTC
-    without a zone suffix. fits_bytes and png_bytes are the output files, rendered by the stacking
-    process (see fitsio.write_stack and preview.py).
+    frames: one verdict per input frame, in input order. Times are ISO-8601 UTC without a zone suffix.
+    fits_bytes and png_bytes are the output files, rendered by the stacking process (see
+    fitsio.write_stack and preview.py); the pixels travel only inside the FITS (see `image`).
     """
 
-    image: np.ndarray
-    coverage: np.ndarray
     frames: list[FrameVerdict]
     ncombine: int
     exptime_total: float
@@ -108,6 +106,22 @@ class StackResult:
     stars: int            # stars detected on the stack
     fits_bytes: bytes
     png_bytes: bytes
+
+    @property
+    def image(self) -> np.ndarray:
+        """(3, H, W) float32 R, G, B in ADU/65535 of the reference frame, read from fits_bytes."""
+        return self._hdu_data(0).astype("float32")
+
+    @property
+    def coverage(self) -> np.ndarray:
+        """(H, W) int16: how many frames cover each pixel, read from fits_bytes."""
+        return self._hdu_data("COVERAGE").astype("int16")
+
+    def _hdu_data(self, hdu: int | str) -> np.ndarray:
+        from astropy.io import fits  # only when asked for: a caller that just saves the files never is
+
+        with fits.open(io.BytesIO(self.fits_bytes)) as hdul:
+            return hdul[hdu].data
 
     def write_fits(self, path: Path | str) -> None:
         """The (3, H, W) float32 image with its COVERAGE and FRAMES extensions, as a FITS file."""

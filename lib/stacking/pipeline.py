@@ -14,6 +14,7 @@ memory does not grow with the number of frames.
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,17 +290,21 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
                f"rejection: {options.rejection} (low {options.sigma_low}, high {options.sigma_high}), "
                f"{rejected} values rejected",
                *[f"frame used: {names[i]}" for i in used]]
-    # the files are rendered here, where the libraries are loaded, so that the caller needs none of them
-    fits_file = io.BytesIO()
-    write_stack(fits_file, image, cover, reference=reference_header, reference_name=names[reference],
-                ncombine=len(used), exptime_total=exptime_total, date_beg=date_beg, date_end=date_end,
-                frames=rows, history=history)
+    # the files are rendered here, where the libraries are loaded, so that the caller needs none of them;
+    # the preview in a thread (numpy and OpenCV let go of the GIL) while astropy writes the FITS
+    with ThreadPoolExecutor(1) as preview_thread:
+        png = preview_thread.submit(lambda: encode_png(stretch(image, star_fluxes)))
+        fits_file = io.BytesIO()
+        write_stack(fits_file, image, cover, reference=reference_header, reference_name=names[reference],
+                    ncombine=len(used), exptime_total=exptime_total, date_beg=date_beg, date_end=date_end,
+                    frames=rows, history=history)
+        png_bytes = png.result()
     return StackResult(
-        image=image, coverage=cover, frames=verdicts, ncombine=len(used), exptime_total=exptime_total,
+        frames=verdicts, ncombine=len(used), exptime_total=exptime_total,
         date_beg=date_beg, date_end=date_end, object=_text(reference_header.value("OBJECT")),
         instrument=_text(reference_header.value("INSTRUME")), reference_name=names[reference],
         noise=found.noise, fwhm_px=found.fwhm_px, stars=found.count,
-        fits_bytes=fits_file.getvalue(), png_bytes=encode_png(stretch(image, star_fluxes)))
+        fits_bytes=fits_file.getvalue(), png_bytes=png_bytes)
 
 
 def _finite(value: float) -> float | None:

@@ -174,7 +174,6 @@ def run_in_subprocess(paths: list[Path], names: list[str], report: Progress,
             command = [sys.executable, "-m", "lib.stacking.runner", workdir, str(os.getpid())]
             process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=errors, text=True)
-            import numpy  # noqa: F401  the result holds arrays; loaded now, on another core than the runner's start
             try:
                 for line in process.stdout:
                     try:
