@@ -22,7 +22,8 @@ MIN_PAIR_RADIUS_PX = 0.3     # pairs are never required to agree better than thi
 SHIFT_STARS = 25             # brightest stars whose pairwise offsets vote for a translation
 SHIFT_TOLERANCE_PX = 2.0
 SHIFT_MIN_VOTES = 6
-SHIFT_PAIRED_FRACTION = 0.5  # a translation start is kept only if half the stars then pair up
+SHIFT_PAIRED_FRACTION = 0.5  # a quick guess is kept if half the stars then pair up ...
+CONFIDENT_MATCHES = 20       # ... or this many: 20 stars agreeing to < 1 px after the fit are no accident
 REFINE_PASSES = 4
 ROTATION_STARS = 20          # brightest stars whose pairs vote for a rotation (190 pairs)
 ROTATION_MIN_SEPARATION_PX = 100.0   # shorter pairs give too coarse an angle
@@ -102,7 +103,8 @@ def find_registration(frame_xy: np.ndarray, ref_xy: np.ndarray, frame_flux: np.n
         raise RegistrationError(f"cannot register: {len(frame_xy)} stars in the frame, "
                                 f"{len(ref_xy)} in the reference (3 needed to match)")
     registration = None
-    well_paired = SHIFT_PAIRED_FRACTION * min(len(frame_xy), len(ref_xy))
+    # frames of another night or telescope share only part of the field: a fixed count suffices there
+    well_paired = min(SHIFT_PAIRED_FRACTION * min(len(frame_xy), len(ref_xy)), CONFIDENT_MATCHES)
     # frames of one session are usually just shifted a little, or shifted and turned: try that first
     for first_guess in (shift_guess, rotation_guess):
         guess = first_guess(frame_xy, ref_xy)
