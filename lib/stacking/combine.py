@@ -300,20 +300,21 @@ def clip_ranges(block: SortedStack, spread, sigma_low: float, sigma_high: float,
     Each pass takes, for every pixel still being clipped, the median of its kept run and
     σ = spread(...), then keeps only values within [median - sigma_low·σ, median + sigma_high·σ].
     Pixels stop when a pass keeps everything or fewer than 3 values remain. keeps_all(..., sigma_low,
-    sigma_high), called like spread, may tell beforehand which pixels a pass would leave as they are:
-    those stop without their σ being computed.
+    sigma_high), called like spread from the second pass on, may tell beforehand which pixels a pass
+    would leave as they are: those stop without their σ being computed (which pixels the first pass
+    needs is the caller's to settle: winsorized_limits does it on whole rows).
     Returns (low, high): (P,) the kept run of each pixel's sorted values.
     """
     low = np.zeros_like(block.counts)
     high = block.counts.copy()
     columns = np.flatnonzero(block.counts >= MIN_VALUES_TO_CLIP)
     deviation = block.deviation if len(columns) == len(high) else np.take(block.deviation, columns, axis=1)
-    for _ in range(max_iterations):
+    for iteration in range(max_iterations):
         if len(columns) == 0:
             break
         lo, hi = low[columns], high[columns]
         center = range_quantile(block, columns, lo, hi, 0.5)
-        if keeps_all is not None:
+        if keeps_all is not None and iteration > 0:
             unsure = np.flatnonzero(~keeps_all(block, deviation, columns, lo, hi, center, sigma_low, sigma_high))
             columns, lo, hi, center = columns[unsure], lo[unsure], hi[unsure], center[unsure]
             deviation = np.take(deviation, unsure, axis=1)
