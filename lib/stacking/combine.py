@@ -3,7 +3,8 @@
 The functions work on a block of pixel stacks: an (N, P) float32 array holding N frames' values of P
 pixels (one colour channel), NaN where a frame does not cover the pixel.
 
-Each pixel's stack is sorted once. From then on every rejection rule keeps a contiguous run of the
+Each pixel's stack is sorted once (`sort_frames`: a sorting network on whole rows for up to 32 frames,
+numpy's sort beyond). From then on every rejection rule keeps a contiguous run of the
 sorted values, [low, high), so an iteration only moves two indices per pixel; sums over any run come
 from prefix sums. The result of a rejection rule is a pair of per-pixel value limits, and the mean is
 taken over the values of the unsorted stack that lie within them (that is where the frame weights go).
@@ -11,8 +12,9 @@ taken over the values of the unsorted stack that lie within them (that is where 
 Winsorized sigma clipping (the default, as in Siril and PixInsight): the spread is estimated with the
 tails pulled in to median ± 1.5σ, iterated until σ settles, so a satellite trail or a hot pixel cannot
 inflate the very σ that is supposed to reject it. Most pixels of a stack are sky with nothing to
-reject; a cheap bound (winsorized_keeps_all) recognises most of them before their winsorized σ is
-iterated, which halves the time of the whole step without changing its result.
+reject; a cheap bound recognises most of them before their winsorized σ is iterated (first on whole
+rows of the sorted block, `whole_stacks_kept`, then in each later pass, `winsorized_keeps_all`), which
+halves the time of the whole step without changing its result.
 """
 from __future__ import annotations
 
