@@ -34,6 +34,7 @@ _CORRECTION = {
 }
 _CORRECTION = {name: (kernel / 8).astype(np.float32) for name, kernel in _CORRECTION.items()}
 SHRINK_SIGMAS = 1.0        # the part of the correction within ±1σ of its sky noise is dropped
+SHRINK_STRIP_ROWS = 64
 
 # OpenCV names a Bayer conversion after the colours at row 1, columns 1 and 2 of the mosaic, not after
 # the top-left 2x2 block: an RGGB sensor is its "BayerBG".
@@ -93,27 +94,31 @@ def debayer(cfa: np.ndarray, pattern: str) -> np.ndarray:
             else:
                 kernel = "diagonal"
             uses[kernel].append(("RGB".index(colour), site))
-    correction, scratch = np.empty_like(rgb[0]), np.empty_like(rgb[0])
-    for kernel, targets in uses.items():  # one kernel at a time: two extra planes in memory, reused
+    correction = np.empty_like(rgb[0])
+    for kernel, targets in uses.items():  # one kernel at a time: a single extra plane in memory, reused
         cv2.filter2D(mosaic, cv2.CV_32F, _CORRECTION[kernel], dst=correction, borderType=cv2.BORDER_REFLECT_101)
-        _shrink(correction, scratch)
+        _shrink(correction)
         for channel, (row, column) in targets:
             rgb[channel, row::2, column::2] += correction[row::2, column::2]
     return rgb
 
 
-def _shrink(correction: np.ndarray, scratch: np.ndarray) -> None:
+def _shrink(correction: np.ndarray) -> None:
     """Soft threshold, in place: the correction less its part within ±SHRINK_SIGMAS of its robust spread.
 
     correction: (H, W) float32; the sky dominates it, so its MAD is the sky's noise through the kernel.
-    Afterwards it is 0 where it was noise and keeps nearly all of itself on stars. scratch: a plane
-    like it, overwritten.
+    Afterwards it is 0 where it was noise and keeps nearly all of itself on stars.
     """
     limit = SHRINK_SIGMAS * sky_level_and_noise(correction)[1]
-    # OpenCV's min/max/subtract: the same arithmetic as numpy's clip, a few times faster
-    cv2.max(correction, -limit, dst=scratch)
-    cv2.min(scratch, limit, dst=scratch)
-    cv2.subtract(correction, scratch, dst=correction)
+    # OpenCV's min/max/subtract: the same arithmetic as numpy's clip, a few times faster; in strips of
+    # rows, so that the clipped copy is a small buffer rather than another plane
+    clipped = np.empty((SHRINK_STRIP_ROWS, correction.shape[1]), np.float32)
+    for start in range(0, len(correction), SHRINK_STRIP_ROWS):
+        strip = correction[start:start + SHRINK_STRIP_ROWS]
+        part = clipped[:len(strip)]
+        cv2.max(strip, -limit, dst=part)
+        cv2.min(part, limit, dst=part)
+        cv2.subtract(strip, part, dst=strip)
 
 
 def cfa_luminance(cfa: np.ndarray) -> np.ndarray:

@@ -70,7 +70,9 @@ def _measure(task: tuple[int, str, StackOptions]) -> Measured:
         raw, header = read_frame(Path(path))
     except FrameReadError as exc:
         return Measured(index, error=str(exc))
-    stars = detect_stars(cfa_luminance(raw), detect_sigma=options.detect_sigma, max_stars=options.max_stars,
+    luminance = cfa_luminance(raw)
+    del raw  # not needed to find stars: freed, it does not add to the detection's peak
+    stars = detect_stars(luminance, detect_sigma=options.detect_sigma, max_stars=options.max_stars,
                          saturation=SATURATION_ADU)
     return Measured(index, header, stars)
 
