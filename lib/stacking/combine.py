@@ -29,7 +29,7 @@ WINSOR_CORRECTION = 1.134         # ... which shrinks a Gaussian's σ by this fa
 WINSOR_TOLERANCE = 5e-4           # relative change of σ at which the iteration has settled (Siril's)
 WINSOR_MAX_STEPS = 50             # most pixels settle in one or two steps
 EDGE_MARGIN = 1e-6                # relative step past the σ where the clamped set changes (float32 data)
-WHOLE_STACK_MARGIN = 1e-5         # relative safety of the row-wise first look (whole_stacks_kept)
+BOUND_MARGIN = 1e-5               # relative safety of the keeps-everything bound, per 100 frames
 SORTING_NETWORK_MAX = 32          # up to this many frames a sorting network beats numpy's per-pixel sort
 CHUNK_ELEMENTS = 2**19            # values handled at once: ~20 MB of temporaries, few enough calls
 
@@ -255,14 +255,21 @@ def whole_stacks_kept(values: np.ndarray, sigma_low: float, sigma_high: float) -
     deviation = values - origin
     center = 0.5 * (deviation[(n_frames - 1) // 2].astype(np.float64) + deviation[n_frames // 2])
     spread = _std(deviation)
-    needed = np.maximum((center - deviation[0]) / sigma_low, (deviation[-1] - center) / sigma_high)
-    # a little wider than needed: sums of N float32 values are good to about N·2⁻²⁴ relative, here and
-    # in the full procedure
-    needed *= 1 + WHOLE_STACK_MARGIN * (1 + n_frames / 100)
+    needed = _sigma_keeping_all(center, deviation[0], deviation[-1], sigma_low, sigma_high, n_frames)
     beta = WINSOR_LIMIT * needed
     clamped = np.minimum(np.maximum(deviation, (center - beta).astype(np.float32)), (center + beta).astype(np.float32))
     with np.errstate(invalid="ignore"):  # NaN in a column: its comparisons are False
         return (needed <= spread) & (WINSOR_CORRECTION * _std(clamped) >= needed)
+
+
+def _sigma_keeping_all(center: np.ndarray, lowest: np.ndarray, highest: np.ndarray, sigma_low: float,
+                       sigma_high: float, n_frames: int) -> np.ndarray:
+    """(p,) float64 the smallest σ whose limits, center - sigma_low·σ and center + sigma_high·σ, hold
+    every value from lowest to highest; a little wider, as the bound must not promise what rounding may
+    take back: sums of n float32 values (σ here and in the full procedure) are good to about n·2⁻²⁴
+    relative, and the limits are compared in float32."""
+    needed = np.maximum((center - lowest) / sigma_low, (highest - center) / sigma_high)
+    return needed * (1 + BOUND_MARGIN * (1 + n_frames / 100))
 
 
 def _std(rows: np.ndarray) -> np.ndarray:
@@ -288,8 +295,7 @@ def winsorized_keeps_all(block: SortedStack, deviation: np.ndarray, columns: np.
     spread = plain_sigma(block, deviation, columns, low, high, center)
     lowest = block.take(block.deviation, low, columns).astype(np.float64)
     highest = block.take(block.deviation, high - 1, columns).astype(np.float64)
-    # a hair wider than needed: the clipping compares in float32, which may round a limit inwards
-    needed = np.maximum((center - lowest) / sigma_low, (highest - center) / sigma_high) * (1 + EDGE_MARGIN)
+    needed = _sigma_keeping_all(center, lowest, highest, sigma_low, sigma_high, len(block.values))
     beta = WINSOR_LIMIT * np.maximum(needed, np.finfo(np.float64).tiny)
     *_, a0, a1, a2 = clamped_variance(block, deviation, columns, low, high, center, beta)
     return (needed <= spread) & (winsorized_step(a0, a1, a2, beta) >= needed)

@@ -1,13 +1,13 @@
 """Disk-backed arrays shared by the worker processes: the registered-frame cube and the output image.
 
-A worker maps the file only for the one frame or row block it is working on and unmaps it when the
+A worker maps the file only for the one frame or output block it is writing and unmaps it when the
 task returns, so the pages it touched go back to the page cache instead of piling up in its resident
 set: that is what keeps memory flat however many frames a stack has. Nothing is flushed explicitly;
 every process maps the same page cache, so writes are visible to the others as soon as they are made.
 
-Row blocks of the cube are read rather than mapped: touching one page of a mapped file makes the
-kernel map up to 64 KB around it, and a thin block across hundreds of frames touches a few KB in each
-of thousands of places, so a mapping would hold many times the block itself.
+Row blocks of the cube are read (read_rows) rather than mapped: touching one page of a mapped file
+makes the kernel map up to 64 KB around it, and a thin block across hundreds of frames touches a few
+KB in each of thousands of places, so a mapping would hold many times the block itself.
 """
 from __future__ import annotations
 
