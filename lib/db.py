@@ -9,8 +9,11 @@ supported database compares the same way; times shown to people are ISO-8601 UTC
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import threading
 import time
+from pathlib import Path
 
 import dataset
 import sqlalchemy as sa
@@ -181,7 +184,12 @@ def _floats_as_float(inspector, table, column_info):
 
 
 def connect(url: str) -> dataset.Database:
-    """Open the database at *url* and make sure every table, column and index exists."""
+    """Open the database at *url* and make sure every table, column and index exists.
+
+    An embedded SQLite file's folder is created if missing (a first run has no ``./var`` yet).
+    Any number of processes may do this at the same moment on an empty database: the schema is
+    created under a lock (see `ensure_schema`).
+    """
     # max_overflow=-1: the pool never runs dry. dataset holds its lock while it waits for a pooled
     # connection, and release() below needs that lock to give one back: with more threads than
     # connections (the app's 16 request threads, 15 connections) every thread stalled for the pool
@@ -190,6 +198,9 @@ def connect(url: str) -> dataset.Database:
     if url.startswith("sqlite"):
         # Several processes (app, stackers, janitor) share one file: wait for locks, don't fail.
         engine_kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        path = _sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
     elif url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     elif url.startswith("mysql://") or url.startswith("mariadb://"):
@@ -199,7 +210,70 @@ def connect(url: str) -> dataset.Database:
     return db
 
 
+def migrate(url: str) -> None:
+    """Create or complete the schema at *url*, then close: ``make run`` does this once before
+    starting the roles (each role would also do it, safely, on its own)."""
+    connect(url).close()
+
+
 def ensure_schema(db: dataset.Database) -> None:
+    """Create what is missing of SCHEMA, INDEXES, UNIQUE and LOCKS; a no-op on a complete schema.
+
+    dataset creates a table with its id, then adds columns one ALTER at a time, each after looking
+    whether it exists: two processes doing that at once both see a column missing and the second
+    ALTER fails ("duplicate column name"). So the whole step runs under a lock every process
+    shares: a lock file beside a SQLite database, an advisory lock on PostgreSQL, a named lock
+    (GET_LOCK) on MariaDB. Whoever comes second waits, then finds everything in place.
+    """
+    with _schema_lock(db):
+        _create_missing(db)
+
+
+@contextlib.contextmanager
+def _schema_lock(db: dataset.Database, timeout_s: int = 300):
+    """Hold the database's schema lock (across processes and machines) for the duration."""
+    dialect = db.engine.dialect.name
+    if dialect == "sqlite":
+        path = _sqlite_path(str(db.url))
+        if path is None:                   # in-memory: nobody else can see it
+            yield
+            return
+        with open(path.with_name(path.name + ".schema-lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)        # released when the file is closed
+            yield
+        return
+    # The lock lives on a connection of its own, held until the schema is done.
+    with db.engine.connect() as conn:
+        if dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        else:                              # mysql / mariadb
+            got = conn.execute(sa.text("SELECT GET_LOCK(:name, :timeout)"),
+                               {"name": "crowdsky_schema", "timeout": timeout_s}).scalar()
+            if got != 1:
+                raise RuntimeError(f"the schema lock was not free within {timeout_s} s")
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": "crowdsky_schema"})
+
+
+# Any fixed 64-bit number names the advisory lock; this one spells "crowdsky" in ASCII.
+SCHEMA_LOCK_KEY = int.from_bytes(b"crowdsky", "big") >> 1
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///path`` URL; None for an in-memory database."""
+    database = sa.engine.make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _create_missing(db: dataset.Database) -> None:
     with db:
         for name, columns in SCHEMA.items():
             table = db.create_table(name, primary_id="id", primary_type=_T.integer)
