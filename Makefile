@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: install install-test run test bench clean
+.PHONY: install install-test run migrate test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +19,12 @@ install-test: $(PY)
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	bash infra/test-tools.sh
 
-# The ingest app, one stacker and the janitor, stopped together with Ctrl-C.
+# The schema, then the ingest app, one stacker and the janitor; Ctrl-C stops all three (lib/launcher.py).
 run: install
-	@echo "CrowdSky on http://$(HOST):$(PORT)  (data in $${CROWDSKY_DATA_DIR:-var}/; Ctrl-C stops)"
-	@trap 'kill 0' INT TERM EXIT; \
-	$(PY) ingest_app.py --host $(HOST) --port $(PORT) & \
-	$(PY) stacker.py --loop & \
-	$(PY) janitor.py & \
-	wait
+	$(PY) -m lib.launcher --host $(HOST) --port $(PORT)
+
+migrate: install
+	$(PY) ingest_app.py migrate
 
 test: install-test
 	bash infra/test-databases.sh

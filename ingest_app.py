@@ -689,6 +689,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker-token"]:
         return worker_token_command(argv[1:])
+    if argv[:1] == ["migrate"]:     # create or complete the schema, then exit (`make migrate`)
+        from lib.db import migrate
+        migrate(config.load().database_url)
+        return 0
     parser = argparse.ArgumentParser(description="CrowdSky ingest app")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)

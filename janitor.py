@@ -56,13 +56,22 @@ def _stacking_pass(source, settings) -> int:
 
 
 def run_task(svc, name: str, task) -> None:
-    """Run one task, log what it did, and give its thread's database connection back."""
+    """Run one task, log what it did (nothing when it found nothing to do: a quiet site logs
+    nothing every tick), and give its thread's database connection back."""
     try:
-        log.info("%s: %s", name, task())
+        did = task()
+        log.log(logging.INFO if _did_something(did) else logging.DEBUG, "%s: %s", name, did)
     except Exception:                  # the next run tries again; the scheduler must go on
         log.exception("%s failed", name)
     finally:
         release(svc.db)
+
+
+def _did_something(result) -> bool:
+    """A task's result (ids, keys, counts by kind) says it changed something."""
+    if isinstance(result, dict):
+        return any(result.values())
+    return bool(result)
 
 
 def main(argv=None) -> int:

@@ -38,5 +38,7 @@ def setup(role: str, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("alembic", "urllib3", "httpx", "httpcore", "apscheduler.executors"):
+    # A quiet run logs nothing per tick: the scheduler's job bookkeeping, HTTP clients' per-request
+    # lines and migrations only when something is wrong.
+    for noisy in ("alembic", "urllib3", "httpx", "httpcore", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

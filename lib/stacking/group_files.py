@@ -115,5 +115,5 @@ def _added(running, header: fits.Header, source: fits.Header, kind: str, scale: 
     header["NSTACKS"] = (int(header["NSTACKS"]) + 1, "chunk stacks added")
     header["DATE-BEG"] = min(str(header["DATE-BEG"]), str(source["DATE-BEG"]))
     header["DATE-END"] = max(str(header["DATE-END"]), str(source["DATE-END"]))
-    header["LASTSCAL"] = (scale, "brightness factor applied to the last stack added")
+    header["LASTSCAL"] = (scale, "brightness factor of the last stack added")  # fits one card
     return GroupResult(running, header)
