@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Sequence
@@ -172,8 +173,10 @@ def run_in_subprocess(paths: list[Path], names: list[str], report: Progress,
         # stderr goes to a file: a pipe nobody reads until the end could fill up and stall the runner
         with open(Path(workdir) / "stderr.txt", "w+") as errors:
             command = [sys.executable, "-m", "lib.stacking.runner", workdir, str(os.getpid())]
+            # A session of its own: the runner and its workers are one process group to stop together,
+            # and a terminal's Ctrl-C reaches the caller, which decides (it stops the stack below).
             process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=errors, text=True)
+                                       stderr=errors, text=True, start_new_session=True)
             try:
                 for line in process.stdout:
                     try:
@@ -182,8 +185,7 @@ def run_in_subprocess(paths: list[Path], names: list[str], report: Progress,
                         continue
                     report(fraction, message)
             except BaseException:  # the caller gave up (its progress callback raised, Ctrl-C): stop the stack
-                process.kill()
-                process.wait()
+                _stop_group(process)
                 raise
             if process.wait() != 0:
                 errors.seek(0)
@@ -194,6 +196,44 @@ def run_in_subprocess(paths: list[Path], names: list[str], report: Progress,
     if outcome == "error":
         raise StackingError(value)
     return value
+
+
+def _stop_group(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """Kill the runner and its workers and return once none of them runs any more.
+
+    Killing the runner alone is not enough: its workers die of PR_SET_PDEATHSIG only when the
+    kernel gets round to it, which on a busy machine can be after the caller has moved on (and
+    removed the scratch directory they still write to). Workers that are dead but not yet reaped
+    by init (zombies) run nothing and hold no files, so they do not count.
+    """
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+    deadline = time.monotonic() + timeout_s
+    while _group_running(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group *pgid* is alive and not a zombie (Linux /proc; elsewhere: kill 0)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue                          # it ended while we looked
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _remove_orphaned_scratch(root: Path) -> None:
