@@ -240,7 +240,7 @@ def upload_page():
 def status_page():
     user = require_user()
     return page("status.tpl", title="Your uploads", user=user,
-                sessions=jobs.owner_sessions(svc.db, user["id"]))
+                sessions=jobs.owner_sessions(svc.db, user["id"]), stackers=stacker_state())
 
 
 @app.post("/jobs/<job_id:int>/retry")
@@ -366,7 +366,12 @@ def healthz():
 
 @app.get("/readyz")
 def readyz():
-    """Ready when the database, the buffer and the archive all answer."""
+    """Ready (200) when the database, the buffer and the archive all answer; 503 otherwise.
+
+    ``stackers`` says whether any stacker was seen lately. It does not change the answer: this app
+    serves uploads and pages without one, and a balancer should not take it out of service for a
+    missing stacker. Monitoring should alert on it (and on ``pending`` jobs that stay).
+    """
     checks = {}
     for name, probe in (("database", lambda: list(svc.db.query("SELECT 1 AS one"))),
                         ("buffer", lambda: svc.buffer.exists("readyz-probe")),
@@ -377,7 +382,22 @@ def readyz():
         except Exception as exc:          # any failure means "not ready", and says why
             checks[name] = f"{type(exc).__name__}: {exc}"[:300]
     ready = all(v == "ok" for v in checks.values())
-    return json_response({"ready": ready, **checks}, 200 if ready else 503)
+    stackers = stacker_state()
+    return json_response({"ready": ready, **checks, "stackers": stackers["text"],
+                          "stackers_seen_s_ago": stackers["seen_s_ago"]}, 200 if ready else 503)
+
+
+def stacker_state() -> dict:
+    """{"seen_s_ago": seconds or None, "silent": bool, "text": "ok (seen 3 s ago)" | "none seen for 75 s" | ...}"""
+    try:
+        ago = queue.stackers_silent_for(svc.db)
+    except Exception as exc:             # the database check above says what is wrong
+        return {"seen_s_ago": None, "silent": True, "text": f"unknown: {type(exc).__name__}"}
+    if ago is None:
+        return {"seen_s_ago": None, "silent": True, "text": "none seen yet"}
+    silent = ago > queue.STACKER_SILENT_S
+    text = f"none seen for {ago:.0f} s" if silent else f"ok (seen {ago:.0f} s ago)"
+    return {"seen_s_ago": round(ago, 1), "silent": silent, "text": text}
 
 
 @app.get("/metrics")
@@ -451,7 +471,7 @@ def api_finalize(session_id):
 @app.get("/api/v1/status")
 def api_status():
     user = require_user()
-    return json_response({"sessions": jobs.owner_sessions(svc.db, user["id"])})
+    return json_response({"sessions": jobs.owner_sessions(svc.db, user["id"]), "stackers": stacker_state()})
 
 
 @app.get("/api/v1/jobs/<job_id:int>")

@@ -50,7 +50,8 @@ def _stacking_pass(source, settings) -> int:
     """Stack every job that is pending now, one after another."""
     done = 0
     while not stopping.is_set() and worker.run_once(source, worker.worker_name(),
-                                                    lease_seconds=settings.lease_seconds, stop=stopping):
+                                                    lease_seconds=settings.lease_seconds, stop=stopping,
+                                                    work_dir=worker.work_root(settings.data_dir)):
         done += 1
     return done
 

@@ -83,13 +83,17 @@ def main(argv=None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     claimed = []
 
+    work_dir = worker.work_root(settings.data_dir)
+    worker.sweep_work_root(work_dir)     # what a stacker killed here before left behind
+
     def one_slot(slot: int) -> None:
         name = f"{worker.worker_name()}#{slot}"
         if args.once:
-            claimed.append(worker.run_once(source, name, lease_seconds=settings.lease_seconds, stop=stop))
+            claimed.append(worker.run_once(source, name, lease_seconds=settings.lease_seconds, stop=stop,
+                                           work_dir=work_dir))
         else:
             worker.run_loop(source, name, lease_seconds=settings.lease_seconds,
-                            poll_seconds=settings.poll_seconds, stop=stop)
+                            poll_seconds=settings.poll_seconds, stop=stop, work_dir=work_dir)
 
     slots = [threading.Thread(target=one_slot, args=(i,), daemon=True) for i in range(args.jobs)]
     for thread in slots:

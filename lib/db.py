@@ -136,6 +136,10 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("name", _T.string(32)),
         ("taken_at", DOUBLE),
     ],
+    "stackers": [                         # who has asked for work lately (lib/queue.py: stacker_seen)
+        ("name", _T.string(160)),
+        ("last_seen", DOUBLE),
+    ],
     "stack_frames": [
         ("stack_id", _T.integer),
         ("frame_id", _T.integer),
@@ -173,6 +177,7 @@ UNIQUE: dict[str, list[tuple[str, ...]]] = {
     "stacks": [("job_id",)],          # a job produces at most one stack, whoever completes it
     "contributions": [("group_id", "source_id")],   # a chunk stack is added to a group once
     "locks": [("name",)],
+    "stackers": [("name",)],
 }
 
 

@@ -96,6 +96,7 @@ def claim(db: dataset.Database, worker: str, lease_seconds: float) -> Lease | No
     The job becomes running, its attempt is counted, and the returned lease is valid for
     *lease_seconds* unless extended with `heartbeat`.
     """
+    stacker_seen(db, worker)
     t = now()
     params = dict(now=t, token=secrets.token_hex(16), lease_expires=t + lease_seconds,
                   worker=worker[:128])
@@ -127,6 +128,7 @@ def heartbeat(db: dataset.Database, lease: Lease, progress: float, message: str,
                     progress=float(progress), message=_clip(message, 255)).rowcount == 1
     if ours:
         lease.expires = expires
+        stacker_seen(db, lease.job.get("worker") or "")
     return ours
 
 
@@ -238,6 +240,44 @@ def counts_by_status(db: dataset.Database) -> dict[str, int]:
     with _transaction(db):
         counts.update({row.status: row.n for row in _run(db, "counts_by_status")})
     return counts
+
+
+# A stacker is noted at most this often (a write per claim attempt would be one a second each);
+# none noted for STACKER_SILENT_S means none is running: readiness and the status page say so.
+STACKER_SEEN_EVERY_S = 15.0
+STACKER_SILENT_S = 60.0
+FORGET_STACKERS_AFTER_S = 86400.0
+
+_seen_at: dict[str, float] = {}          # stacker name -> time.monotonic() of its last note here
+_seen_lock = threading.Lock()
+
+
+def stacker_seen(db: dataset.Database, name: str) -> None:
+    """Note that stacker *name* is alive (it claims, or reports progress); at most every
+    ``STACKER_SEEN_EVERY_S`` per name and process. Forgets stackers silent for a day."""
+    name = name[:160]
+    with _seen_lock:
+        last = _seen_at.get(name)
+        if last is not None and time.monotonic() - last < STACKER_SEEN_EVERY_S:
+            return
+        _seen_at[name] = time.monotonic()
+    t = now()
+    try:
+        with _transaction(db):
+            if _run(db, "stacker_seen", stacker=name, now=t).rowcount == 0:
+                _run(db, "stacker_new", stacker=name, now=t)
+            if last is None:                 # once per name and process is often enough
+                _run(db, "stackers_prune", before=t - FORGET_STACKERS_AFTER_S)
+    except sa.exc.IntegrityError:            # its first note, made by another thread a moment ago
+        with _transaction(db):
+            _run(db, "stacker_seen", stacker=name, now=t)
+
+
+def stackers_silent_for(db: dataset.Database) -> float | None:
+    """Seconds since any stacker was last noted, or None if none ever was."""
+    with _transaction(db):
+        last = _run(db, "stackers_last_seen").scalar()
+    return None if last is None else max(0.0, now() - float(last))
 
 
 def wait_for_work(db_or_url: dataset.Database | str, timeout: float) -> bool:

@@ -9,10 +9,24 @@ import time
 from pathlib import Path
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from lib.queue import Lease
 
-RETRIES = 3
+
+def retry_policy() -> Retry:
+    """How every call of a remote stacker is retried: a connection that fails, or an answer of 500,
+    502, 503 or 504 (the app restarting, the archive down for a moment), up to 4 more times after
+    1, 2, 4, 8 s (or the Retry-After the app sends). Any method: the worker API's calls are tied to
+    a lease, so one that arrives twice is refused (409), never applied twice. After the last try
+    the last answer is returned as it is.
+
+    Bodies: requests renders a call's body (JSON, the multipart of /complete) before sending, and
+    each try sends that same rendering again; nothing is read from a file twice.
+    """
+    return Retry(total=4, backoff_factor=1, backoff_max=30, status_forcelist=(500, 502, 503, 504),
+                 allowed_methods=None, raise_on_status=False, respect_retry_after_header=True)
 
 
 class RemoteError(Exception):
@@ -24,23 +38,20 @@ class RemoteSource:
         self.api = api_url.rstrip("/") + "/api/v1/worker"
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
+        adapter = HTTPAdapter(max_retries=retry_policy())
+        self.http.mount("http://", adapter)
+        self.http.mount("https://", adapter)
         self.timeout = timeout
 
     def _call(self, method: str, path: str, **kwargs) -> requests.Response:
-        """One API call, retried on connection errors and 5xx answers (the app may be restarting)."""
-        for attempt in range(1, RETRIES + 1):
-            try:
-                response = self.http.request(method, self.api + path, timeout=self.timeout, **kwargs)
-            except requests.ConnectionError as exc:
-                if attempt == RETRIES:
-                    raise RemoteError(f"cannot reach {self.api}: {exc}") from None
-            else:
-                if response.status_code < 500 or attempt == RETRIES:
-                    if response.status_code in (401, 403):
-                        raise RemoteError(f"the app refused the worker token ({response.status_code})")
-                    return response
-            time.sleep(2 ** attempt)
-        raise AssertionError("unreachable")
+        """One API call, retried by the session's `retry_policy`."""
+        try:
+            response = self.http.request(method, self.api + path, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError as exc:
+            raise RemoteError(f"cannot reach {self.api}: {exc}") from None
+        if response.status_code in (401, 403):
+            raise RemoteError(f"the app refused the worker token ({response.status_code})")
+        return response
 
     def claim(self, worker: str):
         response = self._call("POST", "/claim", json={"worker": worker})
@@ -69,10 +80,10 @@ class RemoteSource:
         return response.status_code == 200
 
     def complete(self, lease, fits_path: Path, preview_path: Path) -> int | None:
-        with open(fits_path, "rb") as fits_file, open(preview_path, "rb") as png_file:
-            response = self._call("POST", f"/jobs/{lease.job_id}/complete", data={"lease": lease.token},
-                                  files={"fits": ("stack.fits", fits_file, "application/fits"),
-                                         "preview": ("preview.png", png_file, "image/png")})
+        # The files are read whole into the multipart body, which every retry sends again.
+        files = {"fits": ("stack.fits", Path(fits_path).read_bytes(), "application/fits"),
+                 "preview": ("preview.png", Path(preview_path).read_bytes(), "image/png")}
+        response = self._call("POST", f"/jobs/{lease.job_id}/complete", data={"lease": lease.token}, files=files)
         if response.status_code == 409:
             return None
         response.raise_for_status()

@@ -18,6 +18,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -29,6 +30,10 @@ from lib.stacking.imported import read_telescope_stack
 from lib.stacking.register import RegistrationError
 
 log = logging.getLogger("crowdsky.stacker")
+
+
+# Progress reaches the jobs table (and the status page) at most this long after the stack reports it.
+PROGRESS_EVERY_S = 1.0
 
 
 class LeaseLost(Exception):
@@ -84,10 +89,13 @@ class DirectSource:
 
 
 class _Heartbeat:
-    """Renews the lease every *interval* seconds from a thread, carrying the latest progress.
+    """Reports progress and renews the lease from a thread.
 
-    Stacking steps can be long; renewing from a thread keeps the lease alive whatever step runs,
-    and the progress callback raises ``LeaseLost`` at the next step once a renewal is refused.
+    A change of progress or message is written within ``PROGRESS_EVERY_S`` (so the status page
+    follows the stack, at most one write a second); without a change the lease is still renewed
+    every *interval* seconds. Stacking steps can be long; writing from a thread keeps the lease
+    alive whatever step runs, and the progress callback raises ``LeaseLost`` at the next step once
+    a write is refused.
     """
 
     def __init__(self, source, lease, interval: float, stop: threading.Event | None = None):
@@ -114,28 +122,66 @@ class _Heartbeat:
         log.info("job %s: %3.0f%% %s", self.lease.job_id, 100 * self.progress, message)
 
     def _run(self) -> None:
+        sent, sent_at = None, time.monotonic()
         try:
-            while not self._stop.wait(self.interval):
+            while not self._stop.wait(min(PROGRESS_EVERY_S, self.interval)):
+                state = (self.progress, self.message)
+                if state == sent and time.monotonic() - sent_at < self.interval:
+                    continue
                 try:
-                    if not self.source.heartbeat(self.lease, self.progress, self.message):
+                    if not self.source.heartbeat(self.lease, *state):
                         self.lost = True
                         return
+                    sent, sent_at = state, time.monotonic()
                 except Exception as exc:      # a passing outage: the lease still has time left
                     log.warning("job %s: heartbeat failed: %s", self.lease.job_id, exc)
         finally:
             self.source.release()
 
 
-def run_once(source, worker: str, *, lease_seconds: float, stop: threading.Event | None = None) -> bool:
+def work_root(data_dir: Path) -> Path:
+    """Where this host's stackers keep the raws and results of the jobs in hand:
+    ``DATA_DIR/work/<host>/``, one ``job<id>-<pid>-<random>`` folder per job."""
+    return Path(data_dir) / "work" / socket.gethostname()
+
+
+def sweep_work_root(root: Path) -> list[Path]:
+    """Remove job folders whose stacker process is gone (killed before it could clean up); returns them."""
+    removed = []
+    for folder in root.glob("job*-*-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:           # someone else's process: alive
+        return True
+    return True
+
+
+def run_once(source, worker: str, *, lease_seconds: float, stop: threading.Event | None = None,
+             work_dir: Path | None = None) -> bool:
     """Claim and process one job. Returns False when there was nothing to claim.
 
     Once *stop* is set, the job is given back at its next progress step (see the module docstring).
+    The job's files live in a folder under *work_dir* (default: the system's temp folder), removed
+    when the job ends; folders of stackers that were killed are removed before each job.
     """
     lease = source.claim(worker)
     if lease is None:
         return False
     log.info("job %s: claimed by %s (attempt %s)", lease.job_id, worker, lease.job["attempts"])
-    workdir = Path(tempfile.mkdtemp(prefix=f"crowdsky-job{lease.job_id}-"))
+    root = Path(work_dir or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    sweep_work_root(root)
+    workdir = Path(tempfile.mkdtemp(prefix=f"job{lease.job_id}-{os.getpid()}-", dir=root))
     try:
         with _Heartbeat(source, lease, interval=max(1.0, lease_seconds / 4), stop=stop) as beat:
             _process(source, lease, workdir, beat)
@@ -221,11 +267,11 @@ MAKERS = {"chunk": _stack_chunk, "import": _import_telescope_stack, "deep": _upd
 
 
 def run_loop(source, worker: str, *, lease_seconds: float, poll_seconds: float,
-             stop: threading.Event) -> None:
+             stop: threading.Event, work_dir: Path | None = None) -> None:
     """Process jobs until *stop* is set; idle waits grow from 0.5 s up to *poll_seconds*."""
     idle = 0.5
     while not stop.is_set():
-        if run_once(source, worker, lease_seconds=lease_seconds, stop=stop):
+        if run_once(source, worker, lease_seconds=lease_seconds, stop=stop, work_dir=work_dir):
             idle = 0.5
             continue
         source.wait_for_work(idle)

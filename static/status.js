@@ -71,6 +71,15 @@
     return true;
   }
 
+  // Pending jobs and no stacker seen lately: say why nothing moves.
+  function showStackerWarning(stackers, sessions) {
+    const warning = document.getElementById("stacker-warning");
+    if (!warning || !stackers) return;
+    const pending = sessions.some(s => s.chunks.some(c => c.job && c.job.status === "pending"));
+    warning.querySelector(".stacker-seen").textContent = stackers.text;
+    warning.hidden = !(pending && stackers.silent);
+  }
+
   async function refresh() {
     timer = null;
     if (document.hidden) return;               // resumed by visibilitychange
@@ -92,6 +101,7 @@
           if (!apply(job)) unknown = true;
         }
       }
+      showStackerWarning(data.stackers, data.sessions);
       // A batch finalized or uploaded elsewhere: draw the page anew, unless a form is being used.
       if (unknown && !root.contains(document.activeElement)) { window.location.reload(); return; }
     } catch (e) {

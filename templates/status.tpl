@@ -20,6 +20,9 @@
      each chunk becomes one stack. This page follows them live.</p>
 </div>
 <div id="status-root" data-csrf="{{csrf}}">
+% waiting = any(c['job'] and c['job']['status'] == 'pending' for s in sessions for c in s['chunks'])
+<p class="notice failure" id="stacker-warning" role="status" {{!'' if (waiting and stackers['silent']) else 'hidden'}}>
+  No stacker is running (<span class="stacker-seen">{{stackers['text']}}</span>): pending jobs wait until one starts.</p>
 % if not sessions:
 <div class="empty-state">
   <p>No uploads yet.</p>
