@@ -395,7 +395,7 @@ def stacker_state() -> dict:
         return {"seen_s_ago": None, "silent": True, "text": f"unknown: {type(exc).__name__}"}
     if ago is None:
         return {"seen_s_ago": None, "silent": True, "text": "none seen yet"}
-    silent = ago > queue.STACKER_SILENT_S
+    silent = ago > svc.settings.stacker_silent_seconds
     text = f"none seen for {ago:.0f} s" if silent else f"ok (seen {ago:.0f} s ago)"
     return {"seen_s_ago": round(ago, 1), "silent": silent, "text": text}
 

@@ -62,6 +62,7 @@ class Settings:
     max_frame_bytes: int = 64 * 1024 * 1024
     quota_bytes: int = 20 * 1024 ** 3
     poll_seconds: float = 1.0
+    stacker_silent_seconds: float = 60.0
     api_url: str | None = None
     worker_token: str | None = field(default=None, repr=False)
     secure_cookies: bool = False
@@ -91,6 +92,7 @@ def load() -> Settings:
         max_frame_bytes=_int("MAX_FRAME_BYTES", 64 * 1024 * 1024),
         quota_bytes=_int("QUOTA_BYTES", 20 * 1024 ** 3),
         poll_seconds=_float("POLL_SECONDS", 1.0),
+        stacker_silent_seconds=_float("STACKER_SILENT_SECONDS", 60.0),
         api_url=_env("API_URL"),
         worker_token=_env("WORKER_TOKEN"),
         secure_cookies=_env("SECURE_COOKIES", "0") == "1",

@@ -243,9 +243,9 @@ def counts_by_status(db: dataset.Database) -> dict[str, int]:
 
 
 # A stacker is noted at most this often (a write per claim attempt would be one a second each);
-# none noted for STACKER_SILENT_S means none is running: readiness and the status page say so.
+# none noted for CROWDSKY_STACKER_SILENT_SECONDS (60) means none is running: readiness and the
+# status page say so.
 STACKER_SEEN_EVERY_S = 15.0
-STACKER_SILENT_S = 60.0
 FORGET_STACKERS_AFTER_S = 86400.0
 
 _seen_at: dict[str, float] = {}          # stacker name -> time.monotonic() of its last note here
