@@ -1,12 +1,17 @@
 """Stackers as real processes: one killed mid-job, and one working remotely through the worker API."""
 from __future__ import annotations
 
+import http.server
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -55,6 +60,9 @@ def test_a_stacker_killed_mid_job_is_replaced_and_the_job_completes_once(short_l
     assert state["status"] == "running", state
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
+    # what the killed stacker leaves: its job folder (raws fetched from the buffer) under DATA_DIR
+    work = d.data_dir / "work" / socket.gethostname()
+    assert [p.name for p in work.glob(f"job{job['id']}-{doomed.pid}-*")], list(work.iterdir())
 
     time.sleep(2.5)                                     # the lease runs out
     janitor = d.run("janitor.py", "--once")
@@ -71,6 +79,10 @@ def test_a_stacker_killed_mid_job_is_replaced_and_the_job_completes_once(short_l
     assert buffer_files(d) == [], "the raws of a stacked chunk must leave the buffer"
     archived = sorted(p.name for p in (d.data_dir / "archive").rglob("*") if p.is_file())
     assert archived == ["preview.png", "stack.fits"]
+    # the next stacker removed the killed one's leftovers: nothing in the work folder or the temp folder
+    assert list(work.iterdir()) == []
+    assert not list(Path(tempfile.gettempdir()).glob(f"crowdsky-job{job['id']}-*"))
+    assert not list(Path(tempfile.gettempdir()).glob(f"crowdsky-stack-{doomed.pid}-*"))
 
 
 def test_remote_stacker_with_only_a_url_and_a_worker_token(tmp_path, deployment):
@@ -144,3 +156,85 @@ def test_a_chunk_that_cannot_be_stacked_fails_clearly_and_can_be_retried_or_dele
     assert user.http.delete(f"{d.url}/api/v1/jobs/{job['id']}").status_code == 200
     assert buffer_files(d) == []
     assert user.get(f"/api/v1/jobs/{job['id']}").status_code == 404
+
+
+class _FlakyProxy(http.server.ThreadingHTTPServer):
+    """A reverse proxy on loopback in front of the app that answers the first POST .../complete
+    with 503 after reading its body (as a balancer does while the app restarts) and passes every
+    other request through. Keeps the body length of each /complete it sees."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str):
+        self.upstream, self.complete_bodies = upstream, []
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _relay(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.command == "POST" and self.path.endswith("/complete"):
+            self.server.complete_bodies.append(len(body))
+            if len(self.server.complete_bodies) == 1:
+                self.send_response(503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                return
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        answer = requests.request(self.command, self.server.upstream + self.path, data=body, headers=headers)
+        self.send_response(answer.status_code)
+        for name in ("Content-Type",):
+            if name in answer.headers:
+                self.send_header(name, answer.headers[name])
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        self.wfile.write(answer.content)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _relay
+
+
+def test_a_remote_stacker_retries_complete_with_the_whole_stack_and_reports_progress_as_it_goes(tmp_path, deployment):
+    d = deployment
+    user = d.user("patient")
+    job = upload_synthetic(d, user, tmp_path, n_frames=16, shape=(512, 768))
+    token = d.run("ingest_app.py", "worker-token", "add", "behind-a-balancer").stdout.strip()
+    proxy = _FlakyProxy(d.url)
+    try:
+        remote_env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDSKY_")}
+        remote_env.update(CROWDSKY_DATA_DIR=str(tmp_path / "elsewhere"), CROWDSKY_API_URL=proxy.url,
+                          CROWDSKY_WORKER_TOKEN=token)
+        remote = subprocess.Popen([sys.executable, "stacker.py", "--once"], cwd=ROOT, env=remote_env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        progress = []
+        while remote.poll() is None:       # what a person watching the job sees while it stacks
+            state = user.get(f"/api/v1/jobs/{job['id']}").json()
+            if state["status"] == "running":
+                progress.append(state["progress"])
+            time.sleep(0.1)
+        out, err = remote.communicate()
+        assert remote.returncode == 0, err[-3000:]
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+    # the second try carried the same, whole stack (the first try's files were not read empty)
+    assert len(proxy.complete_bodies) == 2 and proxy.complete_bodies[0] == proxy.complete_bodies[1] > 100_000, \
+        proxy.complete_bodies
+    state = user.get(f"/api/v1/jobs/{job['id']}").json()
+    assert state["status"] == "done" and state["attempts"] == 1, state
+    stack = user.get(f"/api/v1/stacks/{state['stack_id']}").json()
+    with fits.open(io.BytesIO(user.get(stack["fits_url"]).content)) as hdul:
+        assert hdul[0].header["NCOMBINE"] == stack["frames"] >= 2
+        assert hdul[0].data.shape[0] == 3
+    # progress moved while the chunk stacked: values between the start and the end were shown
+    assert len({p for p in progress if 0 < p < 1}) >= 2, progress
+    assert progress == sorted(progress), progress
