@@ -143,3 +143,73 @@ def test_readiness_and_the_status_page_say_when_no_stacker_is_around(tmp_path):
         assert warning and "hidden" in warning.group(0)
     finally:
         d.stop_app()
+
+
+# --- the README's commands on a fresh clone ---------------------------------------------------------
+
+def test_make_run_on_a_fresh_clone_stacks_real_frames_and_stops_on_one_ctrl_c(tmp_path):
+    """README: `make run`, create an account, upload a night, finalize, get a stack; Ctrl-C stops.
+
+    Runs the real `make run` in a clone of this checkout's HEAD: it creates .venv/ (pip installs
+    from the machine's usual index or wheel cache, PIP_* variables apply) and var/.
+    """
+    checkout = tmp_path / "crowdsky"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(checkout)], check=True, timeout=120)
+    assert not (checkout / ".venv").exists() and not (checkout / "var").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDSKY_") and k != "VIRTUAL_ENV"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "make-run.log"
+    # its own session, like a terminal's foreground job: Ctrl-C is SIGINT to the whole group
+    make = subprocess.Popen(["make", "run", f"PORT={port}"], cwd=checkout, env=env, start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for("make run to serve", lambda: requests.get(url + "/healthz", timeout=2).ok, timeout=900,
+                 interval=1, alive=[make])
+        assert (checkout / "var" / "crowdsky.db").is_file()
+
+        assert requests.post(url + "/api/v1/register",
+                             json={"username": "newcomer", "password": "first light 2025"}).status_code == 201
+        token = requests.post(url + "/api/v1/token",
+                              json={"username": "newcomer", "password": "first light 2025"}).json()["token"]
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {token}"
+        session = http.post(url + "/api/v1/sessions").json()["id"]
+        for frame in real_frames(NIGHT_1):
+            with open(frame, "rb") as body:
+                answer = http.put(f"{url}/api/v1/sessions/{session}/frames/{frame.name}", data=body,
+                                  headers={"Content-Type": "application/fits"})
+            assert answer.status_code == 201, answer.text
+        jobs = http.post(f"{url}/api/v1/sessions/{session}/finalize").json()["jobs"]
+        assert len(jobs) == 1
+
+        progress = []
+
+        def stacked():
+            state = http.get(f"{url}/api/v1/jobs/{jobs[0]['id']}").json()
+            if state["status"] == "running":
+                progress.append(state["progress"])
+            assert state["status"] != "failed", state
+            return state["status"] == "done" and state
+
+        state = wait_for("the chunk to be stacked", stacked, timeout=900, alive=[make])
+        stacks = http.get(url + "/api/v1/stacks").json()["stacks"]
+        assert [s["id"] for s in stacks if s["kind"] == "chunk"] == [state["stack_id"]]
+        assert http.get(url + stacks[0]["fits_url"]).content[:6] == b"SIMPLE"
+        assert len({p for p in progress if 0 < p < 1}) >= 2, f"the job's progress did not move: {progress}"
+        assert requests.get(url + "/readyz").json()["stackers"].startswith("ok"), "the stacker is seen"
+    finally:
+        os.killpg(make.pid, signal.SIGINT)              # Ctrl-C, once
+        try:
+            make.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(make.pid, signal.SIGKILL)
+            raise
+        leftovers = processes_mentioning(str(checkout))
+        for line in leftovers:                          # don't leave them to the next test
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    log = log_path.read_text(errors="replace")
+    assert leftovers == [], f"still running after Ctrl-C: {leftovers}\n{log[-3000:]}"
+    for noise in ("Traceback", "Segmentation fault", "unable to open database file", "VerifyWarning",
+                  "apscheduler", "RecursionError"):
+        assert noise not in log, f"{noise!r} in the log of make run:\n{log[-5000:]}"
