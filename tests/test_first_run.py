@@ -213,4 +213,5 @@ def test_make_run_on_a_fresh_clone_stacks_real_frames_and_stops_on_one_ctrl_c(tm
     for noise in ("Traceback", "Segmentation fault", "unable to open database file", "VerifyWarning",
                   '"logger": "apscheduler', "RecursionError"):
         assert noise not in log, f"{noise!r} in the log of make run:\n{log[-5000:]}"
-    assert make.returncode in (0, 2), log[-3000:]   # 2: make says the recipe was interrupted
+    # make itself ends by the SIGINT like any interrupted command (a shell shows 130); the roles exit 0
+    assert make.returncode in (0, -signal.SIGINT), log[-3000:]
