@@ -382,7 +382,7 @@ def readyz():
         except Exception as exc:          # any failure means "not ready", and says why
             checks[name] = f"{type(exc).__name__}: {exc}"[:300]
     ready = all(v == "ok" for v in checks.values())
-    stackers = stacker_state()
+    stackers = stacker_state() if checks["database"] == "ok" else {"text": "unknown", "seen_s_ago": None}
     return json_response({"ready": ready, **checks, "stackers": stackers["text"],
                           "stackers_seen_s_ago": stackers["seen_s_ago"]}, 200 if ready else 503)
 
