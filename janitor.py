@@ -5,7 +5,7 @@
 
 Tasks: expire upload sessions left unfinished (and delete their raws), return jobs whose stacker
 died to the queue, drop raws of failed jobs nobody retried, reconcile rows with stored objects, prune
-cached thumbnails no stack shows, and, when ``CROWDSKY_STACK_EVERY_MINUTES`` is set, run a stacking pass for
+cached thumbnails no stack shows, forget stackers silent for a day, and, when ``CROWDSKY_STACK_EVERY_MINUTES`` is set, run a stacking pass for
 deployments without a long-running stacker.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import threading
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from lib import config, janitor_tasks, logs, worker
+from lib import config, janitor_tasks, logs, queue, worker
 from lib.db import release
 from lib.services import Services
 
@@ -38,6 +38,7 @@ def tasks(svc) -> list[tuple[str, object, int]]:
         ("drop-unstackable-raws", lambda: janitor_tasks.drop_unstackable_raws(svc), 3600),
         ("reconcile", lambda: janitor_tasks.reconcile(svc, settings.reconcile_grace_seconds), 3600),
         ("prune-thumbnails", lambda: janitor_tasks.prune_thumbnails(svc), 3600),
+        ("forget-stackers", lambda: queue.forget_stackers(svc.db), 3600),
     ]
     if settings.stack_every_minutes > 0:
         source = worker.DirectSource(svc)
@@ -56,12 +57,16 @@ def _stacking_pass(source, settings) -> int:
     return done
 
 
-def run_task(svc, name: str, task) -> None:
-    """Run one task, log what it did (nothing when it found nothing to do: a quiet site logs
-    nothing every tick), and give its thread's database connection back."""
+def run_task(svc, name: str, task, quiet_when_idle: bool = False) -> None:
+    """Run one task, log what it did, and give its thread's database connection back.
+
+    quiet_when_idle: a task that found nothing to do logs at debug level only (the scheduler's
+    runs: a quiet site logs nothing every tick); a ``--once`` run reports every task.
+    """
     try:
         did = task()
-        log.log(logging.INFO if _did_something(did) else logging.DEBUG, "%s: %s", name, did)
+        idle = quiet_when_idle and not _did_something(did)
+        log.log(logging.DEBUG if idle else logging.INFO, "%s: %s", name, did)
     except Exception:                  # the next run tries again; the scheduler must go on
         log.exception("%s failed", name)
     finally:
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
         return 0
     scheduler = BlockingScheduler(timezone="UTC")
     for name, task, seconds in tasks(svc):
-        scheduler.add_job(run_task, "interval", args=(svc, name, task), seconds=seconds, id=name,
+        scheduler.add_job(run_task, "interval", args=(svc, name, task, True), seconds=seconds, id=name,
                           max_instances=1, coalesce=True)
 
     def stop(*_):

@@ -254,7 +254,11 @@ _seen_lock = threading.Lock()
 
 def stacker_seen(db: dataset.Database, name: str) -> None:
     """Note that stacker *name* is alive (it claims, or reports progress); at most every
-    ``STACKER_SEEN_EVERY_S`` per name and process. Forgets stackers silent for a day."""
+    ``STACKER_SEEN_EVERY_S`` per name and process.
+
+    Best effort: a note that fails (a deadlock on a busy MariaDB, a lock timeout) is tried again at
+    the next claim or heartbeat, and never fails the claim or heartbeat itself.
+    """
     name = name[:160]
     with _seen_lock:
         last = _seen_at.get(name)
@@ -263,14 +267,22 @@ def stacker_seen(db: dataset.Database, name: str) -> None:
         _seen_at[name] = time.monotonic()
     t = now()
     try:
-        with _transaction(db):
-            if _run(db, "stacker_seen", stacker=name, now=t).rowcount == 0:
-                _run(db, "stacker_new", stacker=name, now=t)
-            if last is None:                 # once per name and process is often enough
-                _run(db, "stackers_prune", before=t - FORGET_STACKERS_AFTER_S)
-    except sa.exc.IntegrityError:            # its first note, made by another thread a moment ago
-        with _transaction(db):
-            _run(db, "stacker_seen", stacker=name, now=t)
+        try:
+            with _transaction(db):
+                if _run(db, "stacker_seen", stacker=name, now=t).rowcount == 0:
+                    _run(db, "stacker_new", stacker=name, now=t)
+        except sa.exc.IntegrityError:        # its first note, made by another thread a moment ago
+            with _transaction(db):
+                _run(db, "stacker_seen", stacker=name, now=t)
+    except sa.exc.OperationalError:
+        with _seen_lock:
+            _seen_at.pop(name, None)
+
+
+def forget_stackers(db: dataset.Database, older_than_s: float = FORGET_STACKERS_AFTER_S) -> int:
+    """Drop the notes of stackers silent for *older_than_s* (stopped ones, past pids); returns how many."""
+    with _transaction(db):
+        return _run(db, "stackers_prune", before=now() - older_than_s).rowcount
 
 
 def stackers_silent_for(db: dataset.Database) -> float | None:

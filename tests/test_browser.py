@@ -69,9 +69,11 @@ def test_upload_stack_browse_map_and_download(deployment, page, artifacts, tmp_p
     # The status page follows the job live: no reload needed to see it finish.
     page.goto(url + "/status")
     expect(page.locator("td.state").first).to_contain_text("pending")
+    expect(page.locator("#stacker-warning")).to_contain_text("No stacker is running")   # none started yet
     stacked = deployment.run("stacker.py", "--once")
     assert stacked.returncode == 0, stacked.stderr[-2000:]
     expect(page.locator("td.state").first).to_contain_text("done", timeout=20_000)
+    expect(page.locator("#stacker-warning")).to_be_hidden()
     expect(page.locator("td.actions a", has_text="View stack")).to_be_visible()
     expect(page.locator("td.actions button", has_text="Delete")).to_be_visible()
     shot(page, artifacts, "status")
