@@ -1,4 +1,4 @@
-// Status page: job states and progress, live. Polls /api/v1/status every 1.5 s while a job is
+// Status page: job states and progress, live. Polls /api/v1/status every second while a job is
 // pending or running (every 15 s otherwise, and not at all while the tab is hidden); bars glide
 // between polls (a CSS transition), and a job that ends gets its buttons without a reload.
 "use strict";
@@ -6,7 +6,7 @@
   const root = document.getElementById("status-root");
   if (!root) return;
   const csrf = root.dataset.csrf;
-  const FAST = 1500, SLOW = 15000;
+  const FAST = 1000, SLOW = 15000;   // the stacker writes progress within a second of a change
   let timer = null;
 
   function setBar(bar, value) {
