@@ -122,7 +122,7 @@ class _Heartbeat:
         log.info("job %s: %3.0f%% %s", self.lease.job_id, 100 * self.progress, message)
 
     def _run(self) -> None:
-        sent, sent_at = None, time.monotonic()
+        sent, sent_at, failing = None, time.monotonic(), False
         try:
             while not self._stop.wait(min(PROGRESS_EVERY_S, self.interval)):
                 state = (self.progress, self.message)
@@ -132,9 +132,12 @@ class _Heartbeat:
                     if not self.source.heartbeat(self.lease, *state):
                         self.lost = True
                         return
-                    sent, sent_at = state, time.monotonic()
+                    sent, sent_at, failing = state, time.monotonic(), False
                 except Exception as exc:      # a passing outage: the lease still has time left
-                    log.warning("job %s: heartbeat failed: %s", self.lease.job_id, exc)
+                    # tried again every second: one warning per outage, not one a second
+                    log.log(logging.DEBUG if failing else logging.WARNING,
+                            "job %s: heartbeat failed: %s", self.lease.job_id, exc)
+                    failing = True
         finally:
             self.source.release()
 
@@ -171,14 +174,15 @@ def run_once(source, worker: str, *, lease_seconds: float, stop: threading.Event
     """Claim and process one job. Returns False when there was nothing to claim.
 
     Once *stop* is set, the job is given back at its next progress step (see the module docstring).
-    The job's files live in a folder under *work_dir* (default: the system's temp folder), removed
-    when the job ends; folders of stackers that were killed are removed before each job.
+    The job's files live in a folder under *work_dir* (default: ``crowdsky-work`` in the system's
+    temp folder), removed when the job ends; folders of stackers that were killed are removed
+    before each job.
     """
     lease = source.claim(worker)
     if lease is None:
         return False
     log.info("job %s: claimed by %s (attempt %s)", lease.job_id, worker, lease.job["attempts"])
-    root = Path(work_dir or tempfile.gettempdir())
+    root = Path(work_dir or Path(tempfile.gettempdir()) / "crowdsky-work")
     root.mkdir(parents=True, exist_ok=True)
     sweep_work_root(root)
     workdir = Path(tempfile.mkdtemp(prefix=f"job{lease.job_id}-{os.getpid()}-", dir=root))
