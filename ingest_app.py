@@ -723,9 +723,17 @@ def main(argv=None) -> int:
     server = wsgi.Server((args.host, args.port), app, numthreads=args.threads,
                          max=-1, request_queue_size=64, shutdown_timeout=3)
     signal.signal(signal.SIGTERM, _stop_serving)
+    try:
+        server.prepare()                 # binds: a port in use is one clear line, not a traceback
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s (another program uses the port? set --port / PORT=)",
+                  args.host, args.port, exc)
+        return 1
+    except KeyboardInterrupt:            # stopped while starting
+        return 0
     log.info("serving on http://%s:%d", args.host, args.port)
     try:
-        server.start()
+        server.serve()
     except KeyboardInterrupt:
         log.info("stopping: finishing requests in flight")
         server.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -215,3 +216,20 @@ def test_make_run_on_a_fresh_clone_stacks_real_frames_and_stops_on_one_ctrl_c(tm
         assert noise not in log, f"{noise!r} in the log of make run:\n{log[-5000:]}"
     # make itself ends by the SIGINT like any interrupted command (a shell shows 130); the roles exit 0
     assert make.returncode in (0, -signal.SIGINT), log[-3000:]
+
+
+def test_make_run_on_a_port_in_use_says_so_and_stops_the_other_roles(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    data_dir = tmp_path / "crowdsky"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CROWDSKY_")}
+    env["CROWDSKY_DATA_DIR"] = str(data_dir)
+    with busy:
+        run = subprocess.run([sys.executable, "-m", "lib.launcher", "--port", str(port)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=180)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert "the others were stopped" in run.stderr
+    assert processes_mentioning(f"--port {port}") == []   # the launcher waits for every role it started
