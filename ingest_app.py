@@ -15,10 +15,9 @@ import uuid
 from pathlib import Path
 
 import bottle
-from cheroot import wsgi
 
 from lib import accounts, config, gallery as gallery_lib, groups, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
-from lib import zipstream
+from lib import serving, zipstream
 from lib.fitsheader import FrameError
 from lib.db import release
 from lib.services import Services
@@ -83,7 +82,16 @@ def guarded(handler):
 
     def wrapper(*args, **kwargs):
         try:
+            check_body_size()
+            if any(isinstance(v, int) and not 0 <= v < 2 ** 63 for v in kwargs.values()):
+                raise HTTPProblem(404, "not found: no such id")     # no database row can have it
             return handler(*args, **kwargs)
+        except bottle.MultipartError as exc:
+            return problem(400, f"the form cannot be read: {exc}")
+        except bottle.HTTPError as exc:     # Bottle refusing a body it cannot parse
+            return problem(exc.status_code, str(exc.body or exc.status_line))
+        except bottle.HTTPResponse:
+            raise                           # redirects and answers Bottle already made
         except HTTPProblem as exc:
             return problem(exc.status, str(exc))
         except (uploads.UploadError, jobs.JobError) as exc:
@@ -113,11 +121,52 @@ def guarded(handler):
             bottle.response.status = 503    # not page(): it would ask the database who is logged in
             return bottle.template("error.tpl", user=None, csrf=csrf_token(svc.settings.secure_cookies),
                                    title="Something went wrong", status=503, message=message)
+        except Exception:
+            # A bug: logged once with its traceback; the caller gets the request id to quote, never
+            # the traceback. Rendered without asking the database who is logged in (it may be the fault).
+            request_id = bottle.request.environ.get("crowdsky.request_id", "-")
+            log.exception("unhandled error in %s %s (request %s)", bottle.request.method,
+                          bottle.request.path, request_id)
+            message = f"an internal error occurred; it has been logged as request {request_id}"
+            if is_api():
+                return json_response({"error": message}, 500)
+            bottle.response.status = 500
+            return bottle.template("error.tpl", user=None, csrf=csrf_token(svc.settings.secure_cookies),
+                                   title="Something went wrong", status=500, message=message)
     wrapper.__name__ = handler.__name__
     return wrapper
 
 
 app.install(lambda callback: guarded(callback))
+
+
+SMALL_BODY_BYTES = 64 * 1024          # forms and JSON: log in, register, settings, worker calls
+FORM_OVERHEAD_BYTES = 64 * 1024       # multipart boundaries and fields around one uploaded file
+
+
+def check_body_size() -> None:
+    """Refuse a body by its declared length before any of it is read (413).
+
+    Frames go to ``ingest_frame``, which names the per-frame limit itself; the Seestar client's
+    multipart frame may be one frame plus its form; a stack result from a worker is not bounded
+    here (worker tokens are the operator's). Everything else is a small form or JSON body.
+    """
+    request = bottle.request
+    length = request.content_length
+    path = request.path
+    if length < 0 and "chunked" in request.get_header("Transfer-Encoding", "").lower():
+        length = 2 ** 63        # unknown: only the routes with no limit here may stream it
+    if length <= SMALL_BODY_BYTES or request.method == "PUT" and path.startswith("/api/v1/sessions/"):
+        return
+    if path.startswith("/api/v1/worker/") or path == "/api/upload_stack.php":
+        return
+    limit = SMALL_BODY_BYTES
+    if path == "/api/raw_upload.php" and request.query.get("action") == "file":
+        limit = svc.settings.max_frame_bytes + FORM_OVERHEAD_BYTES
+    if length == 2 ** 63:
+        raise HTTPProblem(411, f"send a Content-Length (at most {limit} bytes) instead of a chunked body")
+    if length > limit:
+        raise HTTPProblem(413, f"the request body is {length} bytes; this route takes at most {limit}")
 
 
 limiter = LoginLimiter()
@@ -692,12 +741,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="CrowdSky ingest app")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--slow-client-seconds", type=float, default=10.0,
+                        help="a request's headers must arrive within this time, and its body at a "
+                             "steady pace after it (see lib/serving.py)")
     args = parser.parse_args(argv)
     logs.setup("ingest")
     configure(config.load())
-    server = wsgi.Server((args.host, args.port), app, numthreads=args.threads,
-                         max=-1, request_queue_size=64, shutdown_timeout=3)
+    server = serving.make_server((args.host, args.port), app, threads=args.threads,
+                                 slow_client_s=args.slow_client_seconds)
     signal.signal(signal.SIGTERM, _stop_serving)
     log.info("serving on http://%s:%d", args.host, args.port)
     try:

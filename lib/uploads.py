@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 from lib import chunks, queue, stacks
 from lib.db import now
-from lib.fitsheader import FrameError, FrameHeader, parse, parse_stack, read_header_bytes
+from lib.fitsheader import FrameError, FrameHeader, parse, parse_stack, plausible_time, read_header_bytes
 
 OPEN, FINALIZED, EXPIRED = "open", "finalized", "expired"
 _FILENAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")
@@ -172,6 +172,9 @@ def ingest_telescope_stack(svc, owner_id: int, *, filename: str, body, content_l
     if date_obs is None and details.get("date_beg"):
         try:
             date_obs = datetime.fromisoformat(details["date_beg"].rstrip("Z")).replace(tzinfo=timezone.utc)
+            date_obs = plausible_time(date_obs, "date_obs_start", details["date_beg"])
+        except FrameError as exc:
+            raise UploadError(400, str(exc)) from None
         except ValueError:
             raise UploadError(400, f"date_obs_start {details['date_beg']!r} is not an ISO-8601 time") from None
     if date_obs is None:
