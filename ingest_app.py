@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -40,6 +42,10 @@ def configure(settings: config.Settings) -> bottle.Bottle:
     global svc
     svc = Services.open(settings)
     metrics.watch_queue(svc.db)
+    for name in accounts.fold_existing_names(svc.db):
+        log.warning("user %r shares its case-folded name with an older account: it logs in by its exact "
+                    "spelling only", name)
+    release(svc.db)
     return app
 
 
@@ -83,6 +89,7 @@ def guarded(handler):
     def wrapper(*args, **kwargs):
         try:
             check_body_size()
+            check_path_is_utf8()
             if any(isinstance(v, int) and not 0 <= v < 2 ** 63 for v in kwargs.values()):
                 raise HTTPProblem(404, "not found: no such id")     # no database row can have it
             return handler(*args, **kwargs)
@@ -140,6 +147,16 @@ def guarded(handler):
 app.install(lambda callback: guarded(callback))
 
 
+def check_path_is_utf8() -> None:
+    """Bottle decodes the path leniently, dropping bytes that are not UTF-8 (``%FF%FE.fit`` would
+    become ``.fit``): refuse such a path instead of acting on a name nobody sent."""
+    raw = bottle.request.environ.get("REQUEST_URI", "").split("?", 1)[0]
+    try:
+        urllib.parse.unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+    except UnicodeError:
+        raise HTTPProblem(400, "the URL path (a file name?) is not valid UTF-8") from None
+
+
 SMALL_BODY_BYTES = 64 * 1024          # forms and JSON: log in, register, settings, worker calls
 FORM_OVERHEAD_BYTES = 64 * 1024       # multipart boundaries and fields around one uploaded file
 
@@ -184,16 +201,14 @@ def client_address() -> str:
 
 def login(username: str, password: str) -> dict | None:
     """Check a password, within the failed-login limits of the account and of the address."""
-    keys = (f"user:{username.lower()}", f"ip:{client_address()}")
-    wait = limiter.retry_after(*keys)
+    account, address = f"user:{accounts.username_key(username)}", f"ip:{client_address()}"
+    wait, attempt = limiter.begin(account, address)       # counted from now, whatever happens
     if wait:
         bottle.response.set_header("Retry-After", str(wait))
         raise HTTPProblem(429, f"too many failed logins; try again in {wait} s")
     user = accounts.authenticate(svc.db, username, password)
-    if user is None:
-        limiter.failed(*keys)
-    else:
-        limiter.succeeded(keys[0])
+    if user is not None:
+        limiter.succeeded(account, attempt, address)
     return user
 
 
@@ -266,9 +281,15 @@ def login_submit():
     bottle.redirect(_next_path())
 
 
+_SAME_SITE_PATH = re.compile(r"/(?![/\\])[!-\[\]-~]*")   # printable ASCII but '\'; not '//' nor '/\'
+
+
 def _next_path() -> str:
+    """Where to go after logging in: an absolute path on this site only. Browsers drop tabs and
+    line breaks and read '\\' as '/', so '/\t/evil.example' would leave the site: anything but
+    printable ASCII is refused, as are '//' and backslashes."""
     target = bottle.request.params.getunicode("next", "/upload") or "/upload"
-    return target if target.startswith("/") and not target.startswith("//") else "/upload"
+    return target if _SAME_SITE_PATH.fullmatch(target) else "/upload"
 
 
 @app.post("/logout")
@@ -439,7 +460,7 @@ def prometheus_metrics():
 def api_register():
     data = json_body()
     user_id = accounts.register(svc.db, field(data, "username", str), field(data, "password", str))
-    return json_response({"id": user_id, "username": data["username"]}, 201)
+    return json_response({"id": user_id, "username": svc.db["users"].find_one(id=user_id)["username"]}, 201)
 
 
 @app.post("/api/v1/token")

@@ -22,6 +22,7 @@ DOUBLE = sa.Double(asdecimal=False)
 SCHEMA: dict[str, list[tuple[str, object]]] = {
     "users": [
         ("username", _T.string(64)),
+        ("username_key", _T.string(64)),  # NFKC + case-folded name: unique (lib/accounts.py)
         ("password_hash", _T.string(255)),
         ("share_with_crowd", _T.boolean),
         ("created_at", DOUBLE),
@@ -164,7 +165,7 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
 LOCKS = ("groups",)
 
 UNIQUE: dict[str, list[tuple[str, ...]]] = {
-    "users": [("username",)],
+    "users": [("username",), ("username_key",)],
     "api_tokens": [("token_hash",)],
     "frames": [("owner_id", "sha256")],  # an owner's identical bytes are one frame
     "stacks": [("job_id",)],          # a job produces at most one stack, whoever completes it

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import re
+import unicodedata
 import uuid
 
 import sqlalchemy as sa
@@ -23,6 +24,10 @@ from lib.fitsheader import FrameError, FrameHeader, parse, parse_stack, plausibl
 
 OPEN, FINALIZED, EXPIRED = "open", "finalized", "expired"
 _FILENAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")
+# Unicode categories a shown name must not hold: controls (DEL, C1 such as U+0085), format
+# characters (bidi overrides such as U+202E, zero-width ones), surrogates, private use,
+# unassigned, and line/paragraph separators: they hide or reorder what the owner sees.
+_INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
 def raw_key(owner_id: int, session_id: int) -> str:
@@ -64,6 +69,10 @@ def check_filename(filename: str) -> str:
     """The owner's file name, kept only to show it back; refused if it could be mistaken for a path."""
     if not _FILENAME.fullmatch(filename or "") or set(filename) <= {"."} or ".." in filename:
         raise UploadError(400, "file name must be 1-255 characters with no '/', '\\', '..' or control characters")
+    hidden = sorted({f"U+{ord(c):04X}" for c in filename if unicodedata.category(c) in _INVISIBLE})
+    if hidden:
+        raise UploadError(400, f"file name must not hold control, format or invisible characters "
+                               f"(it has {', '.join(hidden[:5])})")
     if not filename.lower().endswith((".fit", ".fits", ".fts")):
         raise UploadError(400, f"{filename!r} is not a FITS file name (.fit or .fits)")
     return filename
