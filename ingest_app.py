@@ -165,8 +165,9 @@ def check_body_size() -> None:
     """Refuse a body by its declared length before any of it is read (413).
 
     Frames go to ``ingest_frame``, which names the per-frame limit itself; the Seestar client's
-    multipart frame may be one frame plus its form; a stack result from a worker is not bounded
-    here (worker tokens are the operator's). Everything else is a small form or JSON body.
+    multipart frame or telescope stack may be one frame plus its form; a stack result from a
+    worker is not bounded here (worker tokens are the operator's). Everything else is a small form
+    or JSON body.
     """
     request = bottle.request
     length = request.content_length
@@ -175,10 +176,10 @@ def check_body_size() -> None:
         length = 2 ** 63        # unknown: only the routes with no limit here may stream it
     if length <= SMALL_BODY_BYTES or request.method == "PUT" and path.startswith("/api/v1/sessions/"):
         return
-    if path.startswith("/api/v1/worker/") or path == "/api/upload_stack.php":
+    if path.startswith("/api/v1/worker/"):
         return
     limit = SMALL_BODY_BYTES
-    if path == "/api/raw_upload.php" and request.query.get("action") == "file":
+    if path == "/api/raw_upload.php" and request.query.get("action") == "file" or path == "/api/upload_stack.php":
         limit = svc.settings.max_frame_bytes + FORM_OVERHEAD_BYTES
     if length == 2 ** 63:
         raise HTTPProblem(411, f"send a Content-Length (at most {limit} bytes) instead of a chunked body")
@@ -208,7 +209,7 @@ def login(username: str, password: str) -> dict | None:
         raise HTTPProblem(429, f"too many failed logins; try again in {wait} s")
     user = accounts.authenticate(svc.db, username, password)
     if user is not None:
-        limiter.succeeded(account, attempt, address)
+        limiter.succeeded(attempt, account, address)
     return user
 
 

@@ -134,6 +134,11 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("name", _T.string(32)),
         ("taken_at", DOUBLE),
     ],
+    "quota_reservations": [               # bytes of uploads under way, counted against the quota
+        ("owner_id", _T.integer),
+        ("size", _T.bigint),
+        ("created_at", DOUBLE),
+    ],
     "stack_frames": [
         ("stack_id", _T.integer),
         ("frame_id", _T.integer),
@@ -159,6 +164,7 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
     "stacks": [("object",), ("owner_id",), ("job_id",), ("object", "id"), ("kind", "id"), ("owner_id", "id"),
                ("date_beg",)],
     "stack_frames": [("stack_id",)],
+    "quota_reservations": [("owner_id",)],
     "contributions": [("group_id",), ("source_id",), ("owner_id",)],
 }
 

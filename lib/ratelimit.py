@@ -5,7 +5,7 @@ forgetting the counts costs an attacker nothing they could not get by waiting.
 
 An attempt is counted when it *starts* (``begin``), not when its password check ends: the check
 takes tens of milliseconds, and counting afterwards let 200 guesses sent at once all through a
-limit of 10. A right password takes its own attempt back (``succeeded``).
+limit of 10. A right password takes its own attempt back (``succeeded``), and only its own.
 
 Memory stays bounded whatever keys an attacker makes up: a key is kept only while it has failures
 inside the window (at most ``max_failures`` of them), and expired keys are swept out.
@@ -50,12 +50,12 @@ class LoginLimiter:
                 self._failures.setdefault(key, deque(maxlen=self.max_failures)).append(now)
             self._sweep(now)
 
-    def succeeded(self, account_key: str, stamp: float | None = None, *other_keys: str) -> None:
-        """The right password: the account's failures are forgotten, and the attempt begun at
-        *stamp* no longer counts against *other_keys* (the address)."""
+    def succeeded(self, stamp: float, *keys: str) -> None:
+        """The right password: the attempt begun at *stamp* no longer counts against *keys*.
+        Earlier failures still count: a login of the owner's does not give a guesser racing it
+        (or guessing between the owner's logins) more tries."""
         with self._lock:
-            self._failures.pop(account_key, None)
-            for key in other_keys:
+            for key in keys:
                 failures = self._failures.get(key)
                 if failures is None:
                     continue
