@@ -118,6 +118,8 @@ class _Connection(cheroot_server.HTTPConnection):
     unread_body = False
 
     def close(self):
+        if _Request.watchdog:
+            _Request.watchdog.unwatch(self)
         if self.unread_body:
             self._linger()
         super().close()

@@ -133,10 +133,14 @@ def _quota_reserved(db, settings, owner_id: int, nbytes: int):
         reserved = int(next(iter(tx.query(
             "SELECT COALESCE(SUM(size), 0) AS total FROM quota_reservations WHERE owner_id = :owner",
             owner=owner_id)))["total"])
-        if used + reserved + nbytes > settings.quota_bytes:
-            raise UploadError(413, f"this upload would pass your storage quota ({used} of {settings.quota_bytes} "
-                                   f"bytes used{f', {reserved} in uploads under way' if reserved else ''})")
-        reservation = tx["quota_reservations"].insert({"owner_id": owner_id, "size": nbytes, "created_at": now()})
+        reservation = None
+        if used + reserved + nbytes <= settings.quota_bytes:
+            reservation = tx["quota_reservations"].insert({"owner_id": owner_id, "size": nbytes, "created_at": now()})
+    if reservation is None:
+        # Refused after the transaction ends, not inside it: a rollback makes ``dataset`` forget
+        # every table's reflected shape, which races with the other request threads.
+        raise UploadError(413, f"this upload would pass your storage quota ({used} of {settings.quota_bytes} "
+                               f"bytes used{f', {reserved} in uploads under way' if reserved else ''})")
     try:
         yield reservation
     finally:
