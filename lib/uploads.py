@@ -168,7 +168,10 @@ def _stream_and_record(buffer, key, head, body, content_length, record) -> Inges
     repeat of bytes already recorded keeps the first copy only.
     """
     reader = _CheckedReader(head, body, content_length)
-    buffer.put(key, reader, length=content_length)
+    try:
+        buffer.put(key, reader, length=content_length)
+    except EOFError:            # the client stopped sending (the storage stored nothing)
+        raise UploadError(400, f"the upload ended after {reader.count} of {content_length} bytes") from None
     try:
         reader.verify_complete()
         result = record(key, reader.count, reader.sha256.hexdigest())
