@@ -476,3 +476,49 @@ def test_the_login_limiter_keeps_no_entry_for_made_up_keys():
     limiter._swept -= 120                             # the minute between sweeps has passed
     limiter.failed("user:other")
     assert len(limiter) == 1                          # the victim's expired failures are gone
+
+
+# --- 8. any Unicode name: the frame is stacked, the FITS stays ASCII, errors stay plain ------------
+
+def test_a_frame_with_a_unicode_name_is_stacked_and_its_fits_stays_ascii(tmp_path):
+    from astropy.io import fits
+    from lib.stacking.synthetic import make_session
+
+    d = Deployment(tmp_path / "crowdsky", {})
+    d.start_app()
+    try:
+        user = d.user("lumiere")
+        session = user.new_session()
+        paths = make_session(tmp_path / "frames", n_frames=4, seed=51).paths
+        names = [f"Lumière_{i:02d}_😀.fit" for i in range(len(paths))]
+        for name, path in zip(names, paths):
+            response = user.put_frame(session, urllib.parse.quote(name), path.read_bytes())
+            assert response.status_code == 201 and response.json()["filename"] == name, response.text
+        job = user.post(f"/api/v1/sessions/{session}/finalize").json()["jobs"][0]["id"]
+        d.drain_queue()
+        view = user.get(f"/api/v1/jobs/{job}").json()
+        assert view["status"] == "done" and view["error"] is None, view          # failed 3 times before
+        stack = user.get(f"/api/v1/stacks/{view['stack_id']}").json()
+        assert sorted(f["filename"] for f in stack["frame_list"]) == sorted(names)   # shown as given
+        fits_bytes = user.get(f"/stacks/{view['stack_id']}/stack.fits").content
+        (tmp_path / "stack.fits").write_bytes(fits_bytes)
+        with fits.open(tmp_path / "stack.fits") as hdus:
+            assert sorted(hdus["FRAMES"].data["NAME"]) == sorted(n.encode("ascii", "backslashreplace").decode()
+                                                                  for n in names)
+            assert "\\xe8" in hdus[0].header["REFFRAME"]
+    finally:
+        d.stop_app()
+
+
+def test_job_errors_shown_to_owners_are_one_plain_sentence():
+    from lib.jobs import owner_error
+
+    traceback_text = ('Traceback (most recent call last):\n  File "/srv/crowdsky/lib/worker.py", line 140, in run_once\n'
+                      '    _process(source, lease, workdir, beat)\nValueError: FITS header values must contain standard '
+                      'printable ASCII characters')
+    shown = owner_error(traceback_text)
+    assert "\n" not in shown and "/srv" not in shown and "worker.py" not in shown and "ValueError" in shown
+    shown = owner_error("FileNotFoundError: [Errno 2] No such file or directory: '/tmp/crowdsky-job7-x1/raw/3.fits'")
+    assert "/tmp" not in shown and "3.fits" in shown
+    plain = "no frame could be used (2 given): a.fit: too few stars; b.fit: blurred"
+    assert owner_error(plain) == plain
