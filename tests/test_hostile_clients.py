@@ -522,3 +522,41 @@ def test_job_errors_shown_to_owners_are_one_plain_sentence():
     assert "/tmp" not in shown and "3.fits" in shown
     plain = "no frame could be used (2 given): a.fit: too few stars; b.fit: blurred"
     assert owner_error(plain) == plain
+
+
+# --- 10. what an upload killed mid-way leaves behind is cleaned ------------------------------------
+
+def test_half_written_files_of_an_app_killed_mid_upload_are_cleaned(tmp_path):
+    d = Deployment(tmp_path / "crowdsky", {})
+    d.start_app()
+    try:
+        user = d.user("interrupted")
+        session = user.new_session()
+        frame = small_frame_bytes(width=1024, height=1024, seed=60)          # 2 MB
+        conn = socket.create_connection(("127.0.0.1", d.port), timeout=30)
+        conn.sendall((f"PUT /api/v1/sessions/{session}/frames/a.fit HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: {user.http.headers['Authorization']}\r\n"
+                      f"Content-Length: {len(frame)}\r\n\r\n").encode() + frame[:len(frame) // 2])
+        buffer = d.data_dir / "buffer"
+        deadline = time.monotonic() + 60
+        while not list(buffer.rglob(".*.part")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(buffer.rglob(".*.part")), "the upload never started writing"
+        d.app.kill()                                                          # SIGKILL mid-upload
+        d.app.wait(10)
+        conn.close()
+        parts = list(buffer.rglob(".*.part"))
+        assert parts                                                          # what the crash left
+
+        kept = d.run("janitor.py", "--once")                                   # within the grace period
+        assert kept.returncode == 0, kept.stderr[-2000:]
+        assert list(buffer.rglob(".*.part")) == parts
+
+        cleaned = d.run("janitor.py", "--once", extra_env={"CROWDSKY_RECONCILE_GRACE_SECONDS": "0.001"})
+        assert cleaned.returncode == 0, cleaned.stderr[-2000:]
+        assert list(buffer.rglob(".*.part")) == []
+        assert "partial uploads" in cleaned.stdout + cleaned.stderr
+        d.start_app()                                                          # and the same frame goes in
+        assert user.put_frame(session, "a.fit", frame).status_code == 201
+    finally:
+        d.stop_app()
