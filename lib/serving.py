@@ -6,7 +6,8 @@ Two things plain cheroot does not do:
   drips one byte every few seconds never hits the per-read timeout and holds its thread forever,
   and a handful of them stop the site. A watchdog cuts (shuts down) a connection whose request line
   and headers take longer than ``slow_client_s``, or whose body, after that long, arrives slower
-  than ``MIN_BODY_BYTES_PER_S`` on average.
+  than ``MIN_BODY_BYTES_PER_S`` on average. Only time spent waiting for the client counts: an app
+  that stops reading for a while (its storage slow or down) does not make its client slow.
 * **Answers sent before the body is read.** A refusal (a bad frame, a name, a size) is answered as
   soon as the fault is known. Clients that send the whole body before reading (Python's
   http.client, urllib) only see that answer if the server reads what they still send: closing with
@@ -32,19 +33,49 @@ LINGER_S = 10.0                    # longest graceful close of a connection with
 _LINGER_CHUNK = 256 * 1024
 
 
+class _TimedReader:
+    """The connection's reader, timing how long reads wait for the client (``waited``): the app
+    may pause reading (storage slow or down) without the client counting as slow."""
+
+    def __init__(self, reader):
+        self._reader = reader
+        self._waited = 0.0
+        self._since: float | None = None
+
+    def waited(self, now: float) -> float:
+        return self._waited + (now - self._since if self._since is not None else 0.0)
+
+    def _timed(self, method, *args):
+        self._since = time.monotonic()
+        try:
+            return method(*args)
+        finally:
+            self._waited += time.monotonic() - self._since
+            self._since = None
+
+    def read(self, *args):
+        return self._timed(self._reader.read, *args)
+
+    def readline(self, *args):
+        return self._timed(self._reader.readline, *args)
+
+    def __getattr__(self, name):          # bytes_read, has_data, close, ...
+        return getattr(self._reader, name)
+
+
 class _Watchdog:
     """Cuts connections whose request arrives too slowly; checked twice a second."""
 
     def __init__(self, slow_client_s: float):
         self.slow_client_s = slow_client_s
-        self._watched: dict = {}          # connection -> (request, started, bytes read at start)
+        self._watched: dict = {}          # connection -> (request, waited at start, bytes read at start)
         self._lock = threading.Lock()
         thread = threading.Thread(target=self._run, name="slow-client-watchdog", daemon=True)
         thread.start()
 
     def watch(self, conn, request) -> None:
         with self._lock:
-            self._watched[conn] = (request, time.monotonic(), conn.rfile.bytes_read)
+            self._watched[conn] = (request, conn.rfile.waited(time.monotonic()), conn.rfile.bytes_read)
 
     def unwatch(self, conn) -> None:
         with self._lock:
@@ -62,18 +93,17 @@ class _Watchdog:
         now = time.monotonic()
         with self._lock:
             items = list(self._watched.items())
-        for conn, (request, started, bytes_at_start) in items:
-            elapsed = now - started
-            if elapsed <= self.slow_client_s:
+        for conn, (request, waited_at_start, bytes_at_start) in items:
+            waited = conn.rfile.waited(now) - waited_at_start     # time this request waited on the client
+            if waited <= self.slow_client_s:
                 continue
             if not request.ready:
                 why = f"its request headers took more than {self.slow_client_s:g} s"
             else:
-                remaining = getattr(request.rfile, "remaining", None)
                 received = conn.rfile.bytes_read - bytes_at_start
-                if remaining == 0 or received >= MIN_BODY_BYTES_PER_S * elapsed:
+                if getattr(request.rfile, "remaining", None) == 0 or received >= MIN_BODY_BYTES_PER_S * waited:
                     continue
-                why = f"its body arrived at {received / elapsed:.0f} bytes/s"
+                why = f"its body arrived at {received / waited:.0f} bytes/s"
             self.unwatch(conn)
             log.warning("cut a slow client %s: %s", getattr(conn, "remote_addr", "?"), why)
             try:
@@ -116,6 +146,10 @@ class _Request(cheroot_server.HTTPRequest):
 class _Connection(cheroot_server.HTTPConnection):
     RequestHandlerClass = _Request
     unread_body = False
+
+    def __init__(self, server, sock, makefile=cheroot_server.MakeFile):
+        super().__init__(server, sock, makefile)
+        self.rfile = _TimedReader(self.rfile)
 
     def close(self):
         if _Request.watchdog:
