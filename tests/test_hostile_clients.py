@@ -242,11 +242,14 @@ def test_the_right_password_racing_wrong_ones_gets_no_token_past_the_limit(site)
         answers = list(pool.map(lambda i: _guess(site, "raced", passwords[i], f"198.51.100.{i}"), range(16)))
     statuses = [a.status_code for a in answers]
     wrong, right = statuses[:15], statuses[15]
-    assert wrong.count(401) <= 10 and set(wrong) <= {401, 429}, wrong
-    assert right in (200, 429)               # a token only if it came before the limit was reached
-    # Reached now: the right password gets no token, from anywhere.
+    assert wrong.count(401) <= 10 and set(wrong) <= {401, 429}, wrong      # 15 checked before
+    assert right in (200, 429)               # a token only if it started before the limit was reached
+    # The right password did not wipe the count: with 10 failures counted it gets no token, from anywhere.
     late = _guess(site, "raced", PASSWORD, "192.0.2.77")
-    assert late.status_code == 429 and "token" not in late.json()
+    if wrong.count(401) == 10:
+        assert late.status_code == 429 and "token" not in late.json()
+    else:                                    # the right one took a place among the first ten
+        assert right == 200 and late.status_code == 200
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -495,7 +498,8 @@ def test_a_frame_with_a_unicode_name_is_stacked_and_its_fits_stays_ascii(tmp_pat
             response = user.put_frame(session, urllib.parse.quote(name), path.read_bytes())
             assert response.status_code == 201 and response.json()["filename"] == name, response.text
         job = user.post(f"/api/v1/sessions/{session}/finalize").json()["jobs"][0]["id"]
-        d.drain_queue()
+        done = d.run("stacker.py", "--once")                  # the chunk job (the deep stack after it is not needed)
+        assert done.returncode == 0, done.stderr[-3000:]
         view = user.get(f"/api/v1/jobs/{job}").json()
         assert view["status"] == "done" and view["error"] is None, view          # failed 3 times before
         stack = user.get(f"/api/v1/stacks/{view['stack_id']}").json()
