@@ -108,7 +108,7 @@ def test_a_client_sending_the_whole_body_first_reads_the_refusal(site, owner, co
 
 def test_sixteen_slow_clients_do_not_stop_the_site(tmp_path):
     d = Deployment(tmp_path / "crowdsky", {})
-    d.start_app("--threads", "4", "--slow-client-seconds", "3")      # fewer threads than slow clients
+    d.start_app("--threads", "4", "--slow-client-seconds", "2")      # fewer threads than slow clients
     try:
         stop = threading.Event()
         drips = [b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 200,           # headers dripped
@@ -126,7 +126,7 @@ def test_sixteen_slow_clients_do_not_stop_the_site(tmp_path):
                 except OSError:
                     cut.append(conn)             # the app hung up on it
                     return
-            
+
         threads = []
         for i in range(16):
             conn = socket.create_connection(("127.0.0.1", d.port), timeout=5)
