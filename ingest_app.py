@@ -95,6 +95,8 @@ def guarded(handler):
             return handler(*args, **kwargs)
         except bottle.MultipartError as exc:
             return problem(400, f"the form cannot be read: {exc}")
+        except UnicodeDecodeError as exc:   # a form's field or file name that is not UTF-8
+            return problem(400, f"the request holds text that is not valid UTF-8 (byte {exc.start}: {exc.reason})")
         except bottle.HTTPError as exc:     # Bottle refusing a body it cannot parse
             return problem(exc.status_code, str(exc.body or exc.status_line))
         except bottle.HTTPResponse:

@@ -459,6 +459,18 @@ def test_a_name_that_is_not_utf8_is_refused_not_changed(site, owner, raw_name):
     nothing_stored(site, owner, session)
 
 
+def test_a_seestar_form_file_name_that_is_not_utf8_is_refused(site, owner):
+    auth = (owner.username, PASSWORD)
+    token = requests.post(site.url + "/api/raw_upload.php?action=start", auth=auth).json()["session_token"]
+    body = (b'--XX\r\nContent-Disposition: form-data; name="session_token"\r\n\r\n' + token.encode() +
+            b'\r\n--XX\r\nContent-Disposition: form-data; name="file"; filename="\xff\xfe.fit"\r\n\r\n' +
+            small_frame_bytes(seed=32) + b"\r\n--XX--\r\n")
+    response = requests.post(site.url + "/api/raw_upload.php?action=file", data=body, auth=auth,
+                             headers={"Content-Type": "multipart/form-data; boundary=XX"})
+    assert response.status_code == 400 and "UTF-8" in response.json()["error"], response.text
+    nothing_stored(site, owner, int(token))
+
+
 # --- 11. the login limiter's memory is bounded -----------------------------------------------
 
 def test_the_login_limiter_keeps_no_entry_for_made_up_keys():
