@@ -300,6 +300,15 @@ def test_user_names_differing_only_in_case_form_or_look_are_one_name(site, taken
     assert twin not in users
 
 
+def test_case_variants_registered_at_once_make_one_account(site):
+    variants = ["Racer", "racer", "RACER", "rAcer", "raCer", "racEr", "raceR", "RAcer", "\uff52acer", "racER"]
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda name: requests.post(site.url + "/api/v1/register",
+                                                           json={"username": name, "password": PASSWORD}), variants))
+    assert sorted(a.status_code for a in answers) == [201] + [400] * 9, [a.text for a in answers]
+    assert sum(1 for r in _users(site) if r["username"].casefold() == "racer") == 1
+
+
 def _users(site) -> list[dict]:
     with sqlite3.connect(site.data_dir / "crowdsky.db") as db:
         db.row_factory = sqlite3.Row
