@@ -40,6 +40,9 @@ def json_response(payload, status: int = 200):
     return json.dumps(payload, default=str)
 
 
+JSON_LIMIT = 64 * 1024     # bytes of a JSON request body
+
+
 def json_body() -> dict:
     """The request's JSON object body, or a 400 naming what is wrong with it."""
     if bottle.request.content_length > JSON_LIMIT:          # refused before a byte is read
@@ -60,9 +63,6 @@ def json_body() -> dict:
     if not isinstance(data, dict):
         raise HTTPProblem(400, "body must be a JSON object")
     return data
-
-
-JSON_LIMIT = 64 * 1024
 
 
 def read_body(limit: int) -> bytes:
