@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import signal
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
 import bottle
-from cheroot import wsgi
 
 from lib import accounts, config, gallery as gallery_lib, groups, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
-from lib import zipstream
+from lib import serving, zipstream
 from lib.fitsheader import FrameError
 from lib.db import release
 from lib.services import Services
@@ -41,6 +42,10 @@ def configure(settings: config.Settings) -> bottle.Bottle:
     global svc
     svc = Services.open(settings)
     metrics.watch_queue(svc.db)
+    for name in accounts.fold_existing_names(svc.db):
+        log.warning("user %r shares its case-folded name with an older account: it logs in by its exact "
+                    "spelling only", name)
+    release(svc.db)
     return app
 
 
@@ -83,7 +88,19 @@ def guarded(handler):
 
     def wrapper(*args, **kwargs):
         try:
+            check_body_size()
+            check_path_is_utf8()
+            if any(isinstance(v, int) and not 0 <= v < 2 ** 63 for v in kwargs.values()):
+                raise HTTPProblem(404, "not found: no such id")     # no database row can have it
             return handler(*args, **kwargs)
+        except bottle.MultipartError as exc:
+            return problem(400, f"the form cannot be read: {exc}")
+        except UnicodeDecodeError as exc:   # a form's field or file name that is not UTF-8
+            return problem(400, f"the request holds text that is not valid UTF-8 (byte {exc.start}: {exc.reason})")
+        except bottle.HTTPError as exc:     # Bottle refusing a body it cannot parse
+            return problem(exc.status_code, str(exc.body or exc.status_line))
+        except bottle.HTTPResponse:
+            raise                           # redirects and answers Bottle already made
         except HTTPProblem as exc:
             return problem(exc.status, str(exc))
         except (uploads.UploadError, jobs.JobError) as exc:
@@ -113,11 +130,63 @@ def guarded(handler):
             bottle.response.status = 503    # not page(): it would ask the database who is logged in
             return bottle.template("error.tpl", user=None, csrf=csrf_token(svc.settings.secure_cookies),
                                    title="Something went wrong", status=503, message=message)
+        except Exception:
+            # A bug: logged once with its traceback; the caller gets the request id to quote, never
+            # the traceback. Rendered without asking the database who is logged in (it may be the fault).
+            request_id = bottle.request.environ.get("crowdsky.request_id", "-")
+            log.exception("unhandled error in %s %s (request %s)", bottle.request.method,
+                          bottle.request.path, request_id)
+            message = f"an internal error occurred; it has been logged as request {request_id}"
+            if is_api():
+                return json_response({"error": message}, 500)
+            bottle.response.status = 500
+            return bottle.template("error.tpl", user=None, csrf=csrf_token(svc.settings.secure_cookies),
+                                   title="Something went wrong", status=500, message=message)
     wrapper.__name__ = handler.__name__
     return wrapper
 
 
 app.install(lambda callback: guarded(callback))
+
+
+def check_path_is_utf8() -> None:
+    """Bottle decodes the path leniently, dropping bytes that are not UTF-8 (``%FF%FE.fit`` would
+    become ``.fit``): refuse such a path instead of acting on a name nobody sent."""
+    raw = bottle.request.environ.get("REQUEST_URI", "").split("?", 1)[0]
+    try:
+        urllib.parse.unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+    except UnicodeError:
+        raise HTTPProblem(400, "the URL path (a file name?) is not valid UTF-8") from None
+
+
+SMALL_BODY_BYTES = 64 * 1024          # forms and JSON: log in, register, settings, worker calls
+FORM_OVERHEAD_BYTES = 64 * 1024       # multipart boundaries and fields around one uploaded file
+
+
+def check_body_size() -> None:
+    """Refuse a body by its declared length before any of it is read (413).
+
+    Frames go to ``ingest_frame``, which names the per-frame limit itself; the Seestar client's
+    multipart frame or telescope stack may be one frame plus its form; a stack result from a
+    worker is not bounded here (worker tokens are the operator's). Everything else is a small form
+    or JSON body.
+    """
+    request = bottle.request
+    length = request.content_length
+    path = request.path
+    if length < 0 and "chunked" in request.get_header("Transfer-Encoding", "").lower():
+        length = 2 ** 63        # unknown: only the routes with no limit here may stream it
+    if length <= SMALL_BODY_BYTES or request.method == "PUT" and path.startswith("/api/v1/sessions/"):
+        return
+    if path.startswith("/api/v1/worker/"):
+        return
+    limit = SMALL_BODY_BYTES
+    if path == "/api/raw_upload.php" and request.query.get("action") == "file" or path == "/api/upload_stack.php":
+        limit = svc.settings.max_frame_bytes + FORM_OVERHEAD_BYTES
+    if length == 2 ** 63:
+        raise HTTPProblem(411, f"send a Content-Length (at most {limit} bytes) instead of a chunked body")
+    if length > limit:
+        raise HTTPProblem(413, f"the request body is {length} bytes; this route takes at most {limit}")
 
 
 limiter = LoginLimiter()
@@ -135,16 +204,14 @@ def client_address() -> str:
 
 def login(username: str, password: str) -> dict | None:
     """Check a password, within the failed-login limits of the account and of the address."""
-    keys = (f"user:{username.lower()}", f"ip:{client_address()}")
-    wait = limiter.retry_after(*keys)
+    account, address = f"user:{accounts.username_key(username)}", f"ip:{client_address()}"
+    wait, attempt = limiter.begin(account, address)       # counted from now, whatever happens
     if wait:
         bottle.response.set_header("Retry-After", str(wait))
         raise HTTPProblem(429, f"too many failed logins; try again in {wait} s")
     user = accounts.authenticate(svc.db, username, password)
-    if user is None:
-        limiter.failed(*keys)
-    else:
-        limiter.succeeded(keys[0])
+    if user is not None:
+        limiter.succeeded(attempt, account, address)
     return user
 
 
@@ -217,9 +284,15 @@ def login_submit():
     bottle.redirect(_next_path())
 
 
+_SAME_SITE_PATH = re.compile(r"/(?![/\\])[!-\[\]-~]*")   # printable ASCII but '\'; not '//' nor '/\'
+
+
 def _next_path() -> str:
+    """Where to go after logging in: an absolute path on this site only. Browsers drop tabs and
+    line breaks and read '\\' as '/', so '/\t/evil.example' would leave the site: anything but
+    printable ASCII is refused, as are '//' and backslashes."""
     target = bottle.request.params.getunicode("next", "/upload") or "/upload"
-    return target if target.startswith("/") and not target.startswith("//") else "/upload"
+    return target if _SAME_SITE_PATH.fullmatch(target) else "/upload"
 
 
 @app.post("/logout")
@@ -410,7 +483,7 @@ def prometheus_metrics():
 def api_register():
     data = json_body()
     user_id = accounts.register(svc.db, field(data, "username", str), field(data, "password", str))
-    return json_response({"id": user_id, "username": data["username"]}, 201)
+    return json_response({"id": user_id, "username": svc.db["users"].find_one(id=user_id)["username"]}, 201)
 
 
 @app.post("/api/v1/token")
@@ -716,12 +789,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="CrowdSky ingest app")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--slow-client-seconds", type=float, default=10.0,
+                        help="a request's headers must arrive within this time, and its body at a "
+                             "steady pace after it (see lib/serving.py)")
     args = parser.parse_args(argv)
     logs.setup("ingest")
     configure(config.load())
-    server = wsgi.Server((args.host, args.port), app, numthreads=args.threads,
-                         max=-1, request_queue_size=64, shutdown_timeout=3)
+    server = serving.make_server((args.host, args.port), app, threads=args.threads,
+                                 slow_client_s=args.slow_client_seconds)
     signal.signal(signal.SIGTERM, _stop_serving)
     try:
         server.prepare()                 # binds: a port in use is one clear line, not a traceback

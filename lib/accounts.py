@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import unicodedata
+
+import sqlalchemy as sa
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -31,28 +34,68 @@ class AccountError(ValueError):
     """A request about an account that cannot be honoured; the message is safe to show."""
 
 
+def username_key(username: str) -> str:
+    """What makes two user names the same name: Unicode-compatibility folded (NFKC: full-width
+    'ａ' is 'a') and case-folded ('Alice' is 'alice'). Unique in the database."""
+    return unicodedata.normalize("NFKC", username).casefold() if isinstance(username, str) else ""
+
+
+# ASCII look-alikes: names differing only in these read the same to people ('a1ice', 'alice')
+_SKELETON = str.maketrans({"0": "o", "1": "l", "i": "l", "|": "l", "_": "-", ".": "-"})
+
+
+def username_skeleton(username: str) -> str:
+    return username_key(username).translate(_SKELETON).replace("rn", "m").replace("vv", "w")
+
+
 def register(db, username: str, password: str) -> int:
+    if isinstance(username, str):
+        username = unicodedata.normalize("NFKC", username)
     if not isinstance(username, str) or not USERNAME.fullmatch(username):
         raise AccountError("user name: 3 to 32 letters, digits, '.', '_' or '-', starting with a letter or digit")
     if not isinstance(password, str) or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise AccountError(f"password: at least {MIN_PASSWORD} characters")
     users = db["users"]
-    if users.find_one(username=username) is not None:
+    key, skeleton = username_key(username), username_skeleton(username)
+    if _find_user(db, username) is not None:
         raise AccountError("that user name is taken")
+    if any(username_skeleton(row["username"]) == skeleton
+           for row in db.query("SELECT username FROM users")):
+        raise AccountError("that user name is too like one that is taken")
     try:
-        return users.insert({"username": username, "password_hash": _hasher.hash(password),
+        return users.insert({"username": username, "username_key": key, "password_hash": _hasher.hash(password),
                              "share_with_crowd": False, "created_at": now()})
     except Exception as exc:              # the unique index decides a race between two registrations
-        if users.find_one(username=username) is not None:
+        if _find_user(db, username) is not None:
             raise AccountError("that user name is taken") from None
         raise exc
+
+
+def _find_user(db, username: str) -> dict | None:
+    """The user called *username* in any case or Unicode form; rows from before names were
+    folded (no key yet, see ``fold_existing_names``) by their exact name."""
+    return db["users"].find_one(username_key=username_key(username)) or db["users"].find_one(username=username)
+
+
+def fold_existing_names(db) -> list[str]:
+    """Give rows made before names were folded their key. A row whose key another row already
+    has keeps none (both accounts keep working; that name logs in by its exact spelling only).
+    Returns the names left without a key, to be logged."""
+    left = []
+    for row in list(db.query("SELECT id, username FROM users WHERE username_key IS NULL ORDER BY id")):
+        try:
+            with db as tx:
+                tx["users"].update({"id": row["id"], "username_key": username_key(row["username"])}, ["id"])
+        except sa.exc.IntegrityError:
+            left.append(row["username"])
+    return left
 
 
 def authenticate(db, username: str, password: str) -> dict | None:
     """The user row when the password is right, else None (same work done either way)."""
     if not isinstance(username, str) or not isinstance(password, str) or len(password) > MAX_PASSWORD:
         return None
-    user = db["users"].find_one(username=username)
+    user = _find_user(db, username) if len(username) <= 64 else None
     try:
         _hasher.verify(user["password_hash"] if user else _DUMMY_HASH, password)
     except (VerificationError, InvalidHashError):

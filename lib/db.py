@@ -25,6 +25,7 @@ DOUBLE = sa.Double(asdecimal=False)
 SCHEMA: dict[str, list[tuple[str, object]]] = {
     "users": [
         ("username", _T.string(64)),
+        ("username_key", _T.string(64)),  # NFKC + case-folded name: unique (lib/accounts.py)
         ("password_hash", _T.string(255)),
         ("share_with_crowd", _T.boolean),
         ("created_at", DOUBLE),
@@ -140,6 +141,11 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("name", _T.string(160)),
         ("last_seen", DOUBLE),
     ],
+    "quota_reservations": [               # bytes of uploads under way, counted against the quota
+        ("owner_id", _T.integer),
+        ("size", _T.bigint),
+        ("created_at", DOUBLE),
+    ],
     "stack_frames": [
         ("stack_id", _T.integer),
         ("frame_id", _T.integer),
@@ -165,13 +171,14 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
     "stacks": [("object",), ("owner_id",), ("job_id",), ("object", "id"), ("kind", "id"), ("owner_id", "id"),
                ("date_beg",)],
     "stack_frames": [("stack_id",)],
+    "quota_reservations": [("owner_id",)],
     "contributions": [("group_id",), ("source_id",), ("owner_id",)],
 }
 
 LOCKS = ("groups",)
 
 UNIQUE: dict[str, list[tuple[str, ...]]] = {
-    "users": [("username",)],
+    "users": [("username",), ("username_key",)],
     "api_tokens": [("token_hash",)],
     "frames": [("owner_id", "sha256")],  # an owner's identical bytes are one frame
     "stacks": [("job_id",)],          # a job produces at most one stack, whoever completes it

@@ -10,7 +10,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
@@ -19,6 +19,9 @@ BLOCK = 2880                       # FITS logical record, bytes
 MAX_HEADER_BLOCKS = 64             # 180 KiB of cards: far more than any camera writes
 MAX_SIDE = 16384                   # pixels; larger claims are refused before reading the data
 BAYER_PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+# No Seestar (nor any digital camera writing FITS like it) took a frame before this; a later limit
+# is tomorrow (a clock a few hours ahead is a mistake worth keeping, a year 9999 is not a frame).
+EARLIEST_DATE_OBS = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _END_CARD = re.compile(rb"END {77}")
 
 
@@ -178,11 +181,21 @@ def _date_obs(header) -> datetime:
     text = str(raw).strip()
     try:
         moment = datetime.fromisoformat(text.rstrip("Z"))
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)   # FITS: DATE-OBS is UTC unless it says otherwise
+        moment = moment.astimezone(timezone.utc)       # OverflowError at the ends of the calendar
+    except (ValueError, OverflowError):
         raise FrameError(f"DATE-OBS = {text!r} is not an ISO-8601 date and time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)   # FITS: DATE-OBS is UTC unless it says otherwise
-    return moment.astimezone(timezone.utc)
+    return plausible_time(moment, "DATE-OBS", text)
+
+
+def plausible_time(moment: datetime, name: str, text: str) -> datetime:
+    """*moment* (UTC, aware) if a telescope could have taken a frame then, else a FrameError
+    naming the field *name* and the *text* it came from."""
+    if not EARLIEST_DATE_OBS <= moment <= datetime.now(timezone.utc) + timedelta(days=1):
+        raise FrameError(f"{name} = {text!r} is not a plausible time: frames are taken between "
+                         f"{EARLIEST_DATE_OBS.year} and today")
+    return moment
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,7 @@ class Filters:
         if self.date_from:
             parts.append("s.date_beg >= :date_from")
             params["date_from"] = self.date_from.isoformat()
-        if self.date_to:
+        if self.date_to and self.date_to < date.max:     # up to the last day there is: no bound
             parts.append("s.date_beg < :date_to")       # the whole day named, UTC
             params["date_to"] = (self.date_to + timedelta(days=1)).isoformat()
         return "".join(f" AND {p}" for p in parts), params

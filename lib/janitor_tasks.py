@@ -70,12 +70,21 @@ def prune_thumbnails(svc) -> list[str]:
 def reconcile(svc, grace_s: float = 3600.0) -> dict:
     """Make rows and objects agree again, for anything older than *grace_s*.
 
-    Objects with no row (an upload or a stacker that died between writing and recording) are
-    deleted; rows whose object is gone (lost outside CrowdSky) are reported and removed, so nothing
+    Objects with no row (an upload or a stacker that died between writing and recording) and
+    half-written temporary files (a process killed mid-upload) are deleted; rows whose object is gone (lost outside CrowdSky) are reported and removed, so nothing
     points at missing data. Running it twice changes nothing the second time.
     """
     db, cutoff = svc.db, now() - grace_s
-    report = {"buffer_orphans": [], "archive_orphans": [], "frames_without_raw": [], "stacks_without_fits": []}
+    report = {"buffer_orphans": [], "archive_orphans": [], "frames_without_raw": [], "stacks_without_fits": [],
+              "partial_uploads": []}
+
+    # Half-written temporary files of a process killed mid-write: no key, so no listing shows them.
+    # Their time is the last write, so one still being written is never taken.
+    for store in (svc.buffer, svc.archive):
+        for name, written in list(store.leftovers()):
+            if written < cutoff:
+                store.delete_leftover(name)
+                report["partial_uploads"].append(f"{store.role}:{name}")
 
     known_raws = {r["buffer_key"] for r in db.query("SELECT buffer_key FROM frames WHERE status = 'buffered'")}
     for key in list(svc.buffer.list("raw/")):

@@ -6,6 +6,7 @@ which frames it stacks, where its outputs go, and what must be cleaned up when i
 from __future__ import annotations
 
 import hmac
+import re
 
 from lib import groups, queue, stacks
 from lib.storage import delete_quietly
@@ -89,7 +90,24 @@ def job_view(job: dict) -> dict:
     return {"id": job["id"], "kind": job["kind"], "status": job["status"],
             "progress": round(float(job["progress"] or 0.0), 3), "message": job["message"],
             "attempts": job["attempts"], "max_attempts": job["max_attempts"],
-            "stack_id": job["stack_id"], "error": job["error"]}
+            "stack_id": job["stack_id"], "error": owner_error(job["error"])}
+
+
+_SERVER_PATH = re.compile(r"(?:/[^\s/'\":,;()]+){2,}/?")
+
+
+def owner_error(error: str | None) -> str | None:
+    """A job's error as its owner sees it: one plain sentence. Tracebacks and server paths are
+    for the log (the stacker logs them in full); the owner gets the first line, paths cut down
+    to their last part."""
+    if not error:
+        return error
+    if "Traceback (most recent call last)" in error:
+        last = [line for line in error.strip().splitlines() if line.strip()][-1]
+        error = f"the stacker failed unexpectedly ({last.split(':', 1)[0].strip()[:60]}); details are in the server's log"
+    line = next((line.strip() for line in error.splitlines() if line.strip()), "")
+    line = _SERVER_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], line)
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
 def owned_job(db, owner_id: int, job_id: int) -> dict:

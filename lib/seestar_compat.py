@@ -35,7 +35,7 @@ def stack_for_key(db, owner_id: int, chunk_key: str) -> dict:
 
 
 def session_id(token: str | None) -> int:
-    if not token or not token.isdigit():
+    if not token or not token.isascii() or not token.isdigit() or len(token) > 18:    # ids are below 2^63
         raise UploadError(400, "session_token is missing or malformed; call action=start first")
     return int(token)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 
 import os
+import re
 import secrets
 import stat
 import time
@@ -242,6 +243,15 @@ class Storage(ABC):
         """Keys under the folder ``prefix``, recursively, sorted. "" lists everything; "raw/1"
         means "raw/1/" (never "raw/10/...")."""
 
+    def leftovers(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """Temporary files of puts that never finished (the process was killed mid-write), as
+        (name, Unix time of their last write): ``list`` never shows them, so only this finds them.
+        Backends whose partial uploads vanish by themselves have none."""
+        return iter(())
+
+    def delete_leftover(self, name: str) -> None:
+        """Remove one temporary file named by ``leftovers``."""
+
     def temporary_url(self, key: str, expires_s: int = 600) -> str | None:
         """A URL anyone can GET for ``expires_s`` seconds, or None where the backend has none."""
         check_key(key)
@@ -260,6 +270,10 @@ class Storage(ABC):
 
 
 # --- file:// ---------------------------------------------------------------------------------
+
+# The hidden temporary name FileStorage.put writes to: ".<name>.<12 hex>.part"
+_PART = re.compile(r"\..+\.[0-9a-f]{12}\.part")
+
 
 class FileStorage(Storage):
     """A local folder. Writes go to a hidden temp file beside the target, then ``os.replace``.
@@ -341,6 +355,25 @@ class FileStorage(Storage):
                 base = "" if rel == "." else rel + "/"
                 keys.extend(base + name for name in filenames if _is_key(base + name))
         return iter(sorted(keys))
+
+    def leftovers(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        found = []
+        with self._errors():
+            for dirpath, _dirnames, filenames in os.walk(self.root / _folder(prefix)):
+                for name in filenames:
+                    if _PART.fullmatch(name):
+                        path = Path(dirpath) / name
+                        with suppress(FileNotFoundError):     # finished or removed meanwhile
+                            found.append((path.relative_to(self.root).as_posix(), path.stat().st_mtime))
+        return iter(sorted(found))
+
+    def delete_leftover(self, name: str) -> None:
+        folder, _, base = name.rpartition("/")
+        if not _PART.fullmatch(base):
+            raise ValueError(f"{name!r} is not a temporary file of this storage")
+        check_key(folder + "/x" if folder else "x")      # inside the root, no '..'
+        with self._errors(name):
+            (self.root / name).unlink(missing_ok=True)
 
     def ensure_ready(self) -> None:
         with self._errors():

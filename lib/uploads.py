@@ -7,10 +7,12 @@ that fails any check leaves neither an object nor a row behind.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import re
+import unicodedata
 import uuid
 
 import sqlalchemy as sa
@@ -19,10 +21,14 @@ from datetime import datetime, timezone
 
 from lib import chunks, queue, stacks
 from lib.db import now
-from lib.fitsheader import FrameError, FrameHeader, parse, parse_stack, read_header_bytes
+from lib.fitsheader import FrameError, FrameHeader, parse, parse_stack, plausible_time, read_header_bytes
 
 OPEN, FINALIZED, EXPIRED = "open", "finalized", "expired"
 _FILENAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")
+# Unicode categories a shown name must not hold: controls (DEL, C1 such as U+0085), format
+# characters (bidi overrides such as U+202E, zero-width ones), surrogates, private use,
+# unassigned, and line/paragraph separators: they hide or reorder what the owner sees.
+_INVISIBLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
 def raw_key(owner_id: int, session_id: int) -> str:
@@ -64,6 +70,10 @@ def check_filename(filename: str) -> str:
     """The owner's file name, kept only to show it back; refused if it could be mistaken for a path."""
     if not _FILENAME.fullmatch(filename or "") or set(filename) <= {"."} or ".." in filename:
         raise UploadError(400, "file name must be 1-255 characters with no '/', '\\', '..' or control characters")
+    hidden = sorted({f"U+{ord(c):04X}" for c in filename if unicodedata.category(c) in _INVISIBLE})
+    if hidden:
+        raise UploadError(400, f"file name must not hold control, format or invisible characters "
+                               f"(it has {', '.join(hidden[:5])})")
     if not filename.lower().endswith((".fit", ".fits", ".fts")):
         raise UploadError(400, f"{filename!r} is not a FITS file name (.fit or .fits)")
     return filename
@@ -81,15 +91,17 @@ def ingest_frame(db, buffer, settings, *, owner_id: int, session_id: int, filena
     session = get_session(db, owner_id, session_id)
     if session["status"] != OPEN:
         raise UploadError(409, f"upload session {session_id} is {session['status']}; start a new one")
-    head, header = _read_header(db, settings, owner_id, filename, body, content_length, parse)
+    _check_size(settings, filename, content_length)
+    with _quota_reserved(db, settings, owner_id, content_length) as reservation:
+        head, header = _read_header(filename, body, content_length, parse)
 
-    def record(key, size, sha):
-        return _record_frame(db, owner_id, session_id, filename, key, size, sha, header)
-    return _stream_and_record(buffer, raw_key(owner_id, session_id), head, body, content_length, record)
+        def record(key, size, sha):
+            return _record_frame(db, owner_id, session_id, filename, key, size, sha, header, reservation)
+        return _stream_and_record(buffer, raw_key(owner_id, session_id), head, body, content_length, record)
 
 
-def _read_header(db, settings, owner_id, filename, body, content_length, parser):
-    """Check the request's size against the limits, then read and validate the FITS header."""
+def _check_size(settings, filename, content_length) -> None:
+    """The name and the declared length against the limits, before anything is read."""
     check_filename(filename)
     if content_length is None:
         raise UploadError(411, "the upload needs a Content-Length")
@@ -97,9 +109,46 @@ def _read_header(db, settings, owner_id, filename, body, content_length, parser)
         raise UploadError(400, "the file is empty")
     if content_length > settings.max_frame_bytes:
         raise UploadError(413, f"the file is {content_length} bytes; the limit per frame is {settings.max_frame_bytes}")
-    used = stored_bytes(db, owner_id)
-    if used + content_length > settings.quota_bytes:
-        raise UploadError(413, f"this upload would pass your storage quota ({used} of {settings.quota_bytes} bytes used)")
+
+
+# A reservation older than this is left by a process that died mid-upload: it no longer counts.
+RESERVATION_TTL_S = 24 * 3600
+
+
+@contextlib.contextmanager
+def _quota_reserved(db, settings, owner_id: int, nbytes: int):
+    """Reserve *nbytes* of the owner's quota for one upload, or refuse it (413).
+
+    Stored frames plus open reservations never pass the quota, however many uploads run at once
+    and on whichever database: the check and the reservation happen under a write lock on the
+    owner's row (taken by updating it), so a second upload waits for the first's reservation. The
+    frame's row takes the reservation's place in the transaction that records it
+    (``_record_frame``); any other way out gives it back. Yields the reservation's id.
+    """
+    with db as tx:
+        tx.query("UPDATE users SET share_with_crowd = share_with_crowd WHERE id = :owner", owner=owner_id)
+        tx.query("DELETE FROM quota_reservations WHERE owner_id = :owner AND created_at < :stale",
+                 owner=owner_id, stale=now() - RESERVATION_TTL_S)
+        used = stored_bytes(tx, owner_id)
+        reserved = int(next(iter(tx.query(
+            "SELECT COALESCE(SUM(size), 0) AS total FROM quota_reservations WHERE owner_id = :owner",
+            owner=owner_id)))["total"])
+        reservation = None
+        if used + reserved + nbytes <= settings.quota_bytes:
+            reservation = tx["quota_reservations"].insert({"owner_id": owner_id, "size": nbytes, "created_at": now()})
+    if reservation is None:
+        # Refused after the transaction ends, not inside it: a rollback makes ``dataset`` forget
+        # every table's reflected shape, which races with the other request threads.
+        raise UploadError(413, f"this upload would pass your storage quota ({used} of {settings.quota_bytes} "
+                               f"bytes used{f', {reserved} in uploads under way' if reserved else ''})")
+    try:
+        yield reservation
+    finally:
+        db["quota_reservations"].delete(id=reservation)   # a no-op once the frame's row took its place
+
+
+def _read_header(filename, body, content_length, parser):
+    """Read and validate the FITS header from the first blocks of the body."""
     try:
         head = read_header_bytes(body, limit=content_length)
         header = parser(head)
@@ -119,7 +168,10 @@ def _stream_and_record(buffer, key, head, body, content_length, record) -> Inges
     repeat of bytes already recorded keeps the first copy only.
     """
     reader = _CheckedReader(head, body, content_length)
-    buffer.put(key, reader, length=content_length)
+    try:
+        buffer.put(key, reader, length=content_length)
+    except EOFError:            # the client stopped sending (the storage stored nothing)
+        raise UploadError(400, f"the upload ended after {reader.count} of {content_length} bytes") from None
     try:
         reader.verify_complete()
         result = record(key, reader.count, reader.sha256.hexdigest())
@@ -131,12 +183,14 @@ def _stream_and_record(buffer, key, head, body, content_length, record) -> Inges
     return result
 
 
-def _record_frame(db, owner_id, session_id, filename, key, size, sha, header: FrameHeader) -> Ingested:
+def _record_frame(db, owner_id, session_id, filename, key, size, sha, header: FrameHeader,
+                  reservation: int) -> Ingested:
     existing = db["frames"].find_one(owner_id=owner_id, sha256=sha)
     if existing is not None:
         return Ingested(frame_view(db, existing), created=False)
     try:
         with db as tx:
+            tx["quota_reservations"].delete(id=reservation)   # the frame's row counts from now on
             # Touching the session row first serialises chunk filing within one session on every
             # database (a row lock on PostgreSQL/MariaDB, the write lock on SQLite), so two frames
             # of one pointing uploaded at the same moment cannot open two chunks.
@@ -167,11 +221,20 @@ def ingest_telescope_stack(svc, owner_id: int, *, filename: str, body, content_l
 
     *details* are what the uploader says about it: frames_input, frames_aligned, date_beg, date_end.
     """
-    head, header = _read_header(svc.db, svc.settings, owner_id, filename, body, content_length, parse_stack)
+    _check_size(svc.settings, filename, content_length)
+    with _quota_reserved(svc.db, svc.settings, owner_id, content_length) as reservation:
+        return _ingest_telescope_stack(svc, owner_id, filename, body, content_length, details, reservation)
+
+
+def _ingest_telescope_stack(svc, owner_id, filename, body, content_length, details, reservation) -> dict:
+    head, header = _read_header(filename, body, content_length, parse_stack)
     date_obs = header.date_obs
     if date_obs is None and details.get("date_beg"):
         try:
             date_obs = datetime.fromisoformat(details["date_beg"].rstrip("Z")).replace(tzinfo=timezone.utc)
+            date_obs = plausible_time(date_obs, "date_obs_start", details["date_beg"])
+        except FrameError as exc:
+            raise UploadError(400, str(exc)) from None
         except ValueError:
             raise UploadError(400, f"date_obs_start {details['date_beg']!r} is not an ISO-8601 time") from None
     if date_obs is None:
@@ -180,6 +243,7 @@ def ingest_telescope_stack(svc, owner_id: int, *, filename: str, body, content_l
 
     def record(key, size, sha):
         with svc.db as tx:
+            tx["quota_reservations"].delete(id=reservation)
             chunk_id = tx["chunks"].insert({
                 "owner_id": owner_id, "session_id": session_id,
                 "chunk_key": chunks.key_in_telescope_name(filename) or chunks.chunk_key(date_obs, header.ra, header.dec),

@@ -40,20 +40,49 @@ def json_response(payload, status: int = 200):
     return json.dumps(payload, default=str)
 
 
+JSON_LIMIT = 64 * 1024     # bytes of a JSON request body
+
+
 def json_body() -> dict:
     """The request's JSON object body, or a 400 naming what is wrong with it."""
-    raw = bottle.request.body.read(64 * 1024 + 1)
-    if len(raw) > 64 * 1024:
-        raise HTTPProblem(413, "JSON body too large")
+    if bottle.request.content_length > JSON_LIMIT:          # refused before a byte is read
+        raise HTTPProblem(413, f"JSON body too large (at most {JSON_LIMIT} bytes)")
+    raw = read_body(JSON_LIMIT + 1)
+    if len(raw) > JSON_LIMIT:
+        raise HTTPProblem(413, f"JSON body too large (at most {JSON_LIMIT} bytes)")
     if not raw.strip():
         return {}
     try:
         data = json.loads(raw)
-    except ValueError as exc:
-        raise HTTPProblem(400, f"body is not valid JSON: {exc}") from None
+        # json.loads lets "\ud800" (half of a UTF-16 pair) through; no database or hash takes it
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise HTTPProblem(400, "body is not valid JSON: it holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    except (ValueError, RecursionError) as exc:
+        raise HTTPProblem(400, f"body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise HTTPProblem(400, "body must be a JSON object")
     return data
+
+
+def read_body(limit: int) -> bytes:
+    """Up to *limit* bytes of the request body; a body that ends before its Content-Length (the
+    client gave up) is a 400, not a server error."""
+    if "bottle.request.body" in bottle.request.environ:     # already read (and checked) by Bottle
+        return bottle.request.body.read(limit)
+    length = bottle.request.content_length
+    stream = bottle.request.environ["wsgi.input"]
+    want = min(limit, length) if length >= 0 else limit
+    parts, got = [], 0
+    while got < want:
+        part = stream.read(want - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    if length >= 0 and got < min(limit, length):
+        raise HTTPProblem(400, f"the request body ended after {got} of its {length} bytes")
+    return b"".join(parts)
 
 
 def field(data: dict, name: str, kind, required: bool = True):

@@ -60,14 +60,16 @@ def test_reconcile_cleans_orphans_both_ways_and_is_idempotent(svc):
     svc.archive.put("stacks/chunk/999/abc/stack.fits", io.BytesIO(b"y" * 10), length=10)  # no such job
 
     report = janitor_tasks.reconcile(svc, grace_s=600)
-    assert report == {"buffer_orphans": 1, "archive_orphans": 1, "frames_without_raw": 1, "stacks_without_fits": 0}
+    assert report == {"buffer_orphans": 1, "archive_orphans": 1, "frames_without_raw": 1, "stacks_without_fits": 0,
+                      "partial_uploads": 0}
     assert not svc.buffer.exists(old_orphan) and svc.buffer.exists(new_orphan)
     assert svc.db["frames"].find_one(id=lost["id"])["status"] == "missing"
     assert svc.db["frames"].find_one(id=kept["id"])["status"] == "buffered"
     assert not svc.archive.exists("stacks/chunk/999/abc/stack.fits")
 
     again = janitor_tasks.reconcile(svc, grace_s=600)
-    assert again == {"buffer_orphans": 0, "archive_orphans": 0, "frames_without_raw": 0, "stacks_without_fits": 0}
+    assert again == {"buffer_orphans": 0, "archive_orphans": 0, "frames_without_raw": 0, "stacks_without_fits": 0,
+                     "partial_uploads": 0}
 
 
 def test_dead_lease_returns_to_the_queue(svc):

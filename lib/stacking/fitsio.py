@@ -117,6 +117,14 @@ class FrameRow:
     weight: float | None
 
 
+def ascii_safe(text: str) -> str:
+    """*text* as FITS can hold it (printable ASCII): other characters become Python escapes,
+    ``Lumière_😀.fit`` -> ``Lumi\\xe8re_\\U0001f600.fit``, so nothing is lost and the file stays
+    valid. The original name is kept in the database for display."""
+    return "".join(c if " " <= c <= "~" else c.encode("ascii", "backslashreplace").decode("ascii")
+                   if ord(c) > 0x7F else f"\\x{ord(c):02x}" for c in text)
+
+
 def _column(values: Sequence[float | int | None], fill: float) -> np.ndarray:
     return np.array([fill if v is None else v for v in values], dtype=np.float32)
 
@@ -138,16 +146,16 @@ def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, 
     header["DATE-OBS"] = (date_beg, "UTC start of the first combined exposure")
     header["DATE-BEG"] = (date_beg, "UTC start of the first combined exposure")
     header["DATE-END"] = (date_end, "UTC end of the last combined exposure")
-    header["REFFRAME"] = reference_name  # no comment: a long file name alone may fill the card
+    header["REFFRAME"] = ascii_safe(reference_name)  # no comment: a long file name alone may fill the card
     header["CTYPE3"] = ("RGB", "planes: red, green, blue")
     header["BUNIT"] = ("ADU/65535", "reference-frame ADU scaled to 0..1")
     for line in history:
-        header.add_history(line)
+        header.add_history(ascii_safe(line))
 
     table = fits.BinTableHDU.from_columns([
-        fits.Column("NAME", "A128", array=[f.name[:128] for f in frames]),
+        fits.Column("NAME", "A128", array=[ascii_safe(f.name)[:128] for f in frames]),
         fits.Column("USED", "L", array=np.array([f.used for f in frames], bool)),
-        fits.Column("REASON", "A160", array=[(f.reason or "")[:160] for f in frames]),
+        fits.Column("REASON", "A160", array=[ascii_safe(f.reason or "")[:160] for f in frames]),
         fits.Column("DATE-OBS", "A26", array=[f.date_obs or "" for f in frames]),
         fits.Column("EXPTIME", "E", unit="s", array=_column([f.exptime for f in frames], np.nan)),
         fits.Column("FWHM", "E", unit="pix", array=_column([f.fwhm_px for f in frames], np.nan)),

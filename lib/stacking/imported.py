@@ -18,7 +18,7 @@ from astropy.io import fits
 from lib.chunks import TELESCOPE_NAME
 
 from .debayer import bayer_pattern, debayer
-from .fitsio import format_date, parse_date
+from .fitsio import ascii_safe, format_date, parse_date
 from .options import StackingError
 from .preview import stretch, write_png
 
@@ -50,10 +50,10 @@ class TelescopeStack:
         header["DATE-BEG"] = (format_date(self.date_beg), "UTC start of the first combined exposure")
         header["DATE-END"] = (format_date(self.date_end), "UTC end of the last combined exposure")
         header["CTYPE3"] = ("RGB", "planes: red, green, blue")
-        header.add_history(f"stacked on the telescope; imported from {self.name}")
+        header.add_history(ascii_safe(f"stacked on the telescope; imported from {self.name}"))
         primary = fits.PrimaryHDU(self.image.astype(np.float32), header=header)
         table = fits.BinTableHDU.from_columns([
-            fits.Column("NAME", "A128", array=[self.name[:128]]),
+            fits.Column("NAME", "A128", array=[ascii_safe(self.name)[:128]]),
             fits.Column("USED", "L", array=np.array([True])),
             fits.Column("REASON", "A160", array=[""]),
             fits.Column("FWHM", "E", array=np.array([np.nan], np.float32)),
