@@ -287,6 +287,7 @@ def test_a_frame_finishing_after_finalize_is_refused_and_leaves_nothing(site, fi
     slow.send(body[len(body) // 2:])
     answer = slow.getresponse()
     text = answer.read().decode()
+    slow.close()
     assert answer.status == 409, text
     assert "finalized" in text
 
