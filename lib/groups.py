@@ -248,7 +248,9 @@ def complete_group_job(db, archive, settings, lease, fits_path, preview_path) ->
     stale: list[str] = []
 
     def record(tx) -> int:
-        # The row lock on the group orders this against removals touching it.
+        # The groups lock orders this against every change of membership (and so against removals
+        # touching this group) on every database, and always in the same order: no deadlocks.
+        lock(tx)
         if _execute(tx, "UPDATE stacks SET version = version + 1 WHERE id = :g", g=group_id).rowcount != 1:
             raise GroupConflict(f"{kind} stack {group_id} was deleted meanwhile")
         group = tx["stacks"].find_one(id=group_id)
@@ -259,6 +261,9 @@ def complete_group_job(db, archive, settings, lease, fits_path, preview_path) ->
         for stack_id, reason in refused:        # a failed registration is a recorded removal
             if stack_id in wanted:
                 tx["stacks"].update({"id": stack_id, MEMBERSHIP[kind]: None}, ["id"])
+        if refused:
+            said = "; ".join(f"stack {i}: {reason}" for i, reason in refused)
+            tx["jobs"].update({"id": lease.job_id, "message": f"kept out of the {kind} stack: {said}"[:255]}, ["id"])
         tx["contributions"].delete(group_id=group_id)
         scales = header["scales"]
         for stack_id in summed:

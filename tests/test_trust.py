@@ -343,3 +343,26 @@ def test_deleting_stacks_and_turning_sharing_on_keep_deep_and_crowd_stacks_true(
     assert wren.api.http.delete(f"{d.url}/api/v1/stacks/{keep['id']}").status_code == 404
     assert [s["id"] for s in crowd_stacks(d)] == [crowd["id"]]
     no_failed_jobs(ursa, wren, vega)
+
+
+@BACKENDS
+def test_a_stack_that_does_not_register_is_kept_out_and_said_so(site, field, tmp_path):
+    """A chunk stack of another star field at the same pointing cannot be registered onto the deep
+    stack: it is refused (a recorded removal, the reason on the update job), the deep stack keeps
+    what it had, and nothing fails or waits for ever."""
+    d = site
+    ursa = Owner(d, "ursa", field, share=False)
+    ursa.upload()
+    d.settle()
+    [first] = ursa.stacks("chunk")
+    stranger = make_session(tmp_path / "other", n_frames=FRAMES_PER_CHUNK, shape=(192, 256), seed=11)
+    ursa.unused = [(p.name, p.read_bytes()) for p in stranger.paths]
+    ursa.upload()
+    d.settle()
+    [deep] = ursa.stacks("deep")
+    answer = ursa.api.get(deep["fits_url"])
+    with fits.open(io.BytesIO(answer.content)) as hdul:
+        assert [int(i) for i in hdul["SOURCES"].data["ID"]] == [first["id"]]
+    kept_out = [j for j in ursa.jobs() if j["kind"] == "deep" and "kept out of the deep stack" in (j["message"] or "")]
+    assert len(kept_out) == 1, ursa.jobs()
+    no_failed_jobs(ursa)
