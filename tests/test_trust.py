@@ -366,3 +366,40 @@ def test_a_stack_that_does_not_register_is_kept_out_and_said_so(site, field, tmp
     kept_out = [j for j in ursa.jobs() if j["kind"] == "deep" and "kept out of the deep stack" in (j["message"] or "")]
     assert len(kept_out) == 1, ursa.jobs()
     no_failed_jobs(ursa)
+
+
+def test_the_stack_page_deletes_an_owners_stack_with_the_csrf_token(tmp_path, field):
+    """The stack page shows its owner (only) a Delete button; the form needs the CSRF token."""
+    import re
+    d = Site(tmp_path / "crowdsky", f"sqlite:///{tmp_path / 'crowdsky.db'}")
+    d.start_app()
+    try:
+        ursa, wren = Owner(d, "ursa", field, share=True), Owner(d, "wren", field, share=True)
+        ursa.upload()
+        d.settle()
+        [chunk] = ursa.stacks("chunk")
+        [deep] = ursa.stacks("deep")
+        browser = requests.Session()
+        form = browser.get(d.url + "/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)
+        assert browser.post(d.url + "/login", data={"username": "ursa", "password": "correct horse battery",
+                                                    "csrf_token": token}).status_code == 200
+        page = browser.get(f"{d.url}/stacks/{chunk['id']}").text
+        assert f'action="/stacks/{chunk["id"]}/delete"' in page
+        assert f'action="/stacks/{chunk["id"]}/delete"' not in wren.api.get(f"/stacks/{chunk['id']}").text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        forged = browser.post(f"{d.url}/stacks/{chunk['id']}/delete", data={"csrf_token": "x" * 43},
+                              allow_redirects=False)
+        assert forged.status_code == 403
+        assert ursa.api.get(f"/api/v1/stacks/{chunk['id']}").status_code == 200
+        done = browser.post(f"{d.url}/stacks/{chunk['id']}/delete", data={"csrf_token": token},
+                            allow_redirects=False)
+        assert done.status_code in (302, 303), done.text
+        assert ursa.api.get(f"/api/v1/stacks/{chunk['id']}").status_code == 404
+        # its deep stack had nothing else: it is gone too, and so is the crowd stack
+        assert ursa.api.get(f"/api/v1/stacks/{deep['id']}").status_code == 404
+        assert crowd_stacks(d) == []
+        d.settle()
+        assert ursa.stacks() == [] and crowd_stacks(d) == []
+    finally:
+        d.stop_app()
