@@ -326,8 +326,15 @@ def retry_job_form(job_id):
 @app.post("/jobs/<job_id:int>/delete")
 def delete_job_form(job_id):
     user = require_user()
-    jobs.delete(svc.db, svc.buffer, svc.archive, user["id"], job_id)
+    jobs.delete(svc, user["id"], job_id)
     bottle.redirect("/status")
+
+
+@app.post("/stacks/<stack_id:int>/delete")
+def delete_stack_form(stack_id):
+    user = require_user()
+    jobs.delete_stack(svc, user["id"], stack_id)
+    bottle.redirect("/stacks")
 
 
 @app.get("/stacks")
@@ -563,8 +570,15 @@ def api_retry_job(job_id):
 @app.delete("/api/v1/jobs/<job_id:int>")
 def api_delete_job(job_id):
     user = require_user()
-    jobs.delete(svc.db, svc.buffer, svc.archive, user["id"], job_id)
+    jobs.delete(svc, user["id"], job_id)
     return json_response({"deleted": job_id})
+
+
+@app.delete("/api/v1/stacks/<stack_id:int>")
+def api_delete_stack(stack_id):
+    user = require_user()
+    jobs.delete_stack(svc, user["id"], stack_id)
+    return json_response({"deleted": stack_id})
 
 
 @app.get("/api/v1/stacks")

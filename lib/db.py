@@ -77,8 +77,9 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("created_at", DOUBLE),
     ],
     "jobs": [
-        ("kind", _T.string(16)),          # chunk (later: deep, crowd)
-        ("chunk_id", _T.integer),
+        ("kind", _T.string(16)),          # a kind of lib/jobs.py KINDS: chunk, import, deep, crowd
+        ("chunk_id", _T.integer),         # chunk, import: the chunk stacked; deep, crowd: the chunk that caused it
+        ("group_id", _T.integer),         # deep, crowd: the group brought up to date
         ("owner_id", _T.integer),
         ("status", _T.string(16)),        # pending | running | done | failed
         ("attempts", _T.integer),
@@ -120,6 +121,9 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("version", _T.integer),          # deep/crowd: bumped by every update (see lib/groups.py)
         ("nights", _T.integer),           # deep/crowd: nights and owners that contributed
         ("owners", _T.integer),
+        ("instrument", _T.string(255)),   # deep/crowd: the telescopes' and cameras' names, comma-separated
+        ("deep_id", _T.integer),          # chunk: the deep stack it belongs to (NULL: none)
+        ("crowd_id", _T.integer),         # chunk: the crowd stack it belongs to (NULL: owner not sharing)
         ("created_at", DOUBLE),
     ],
     "contributions": [                    # what went into a deep or crowd stack
@@ -166,16 +170,27 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
     "chunks": [("session_id",), ("owner_id",)],
     "frames": [("session_id",), ("chunk_id",)],
     # claim: lowest rank among pending; enqueue: an owner's last place in line
-    "jobs": [("status", "fair_rank", "id"), ("owner_id", "status", "fair_rank"), ("chunk_id",)],
+    "jobs": [("status", "fair_rank", "id"), ("owner_id", "status", "fair_rank"), ("chunk_id",), ("group_id", "status")],
     # gallery pages are keyed on id (newest first) within a filter: PostgreSQL needs the id in the index
     "stacks": [("object",), ("owner_id",), ("job_id",), ("object", "id"), ("kind", "id"), ("owner_id", "id"),
-               ("date_beg",)],
+               ("date_beg",), ("deep_id",), ("crowd_id",)],
     "stack_frames": [("stack_id",)],
     "quota_reservations": [("owner_id",)],
     "contributions": [("group_id",), ("source_id",), ("owner_id",)],
 }
 
 LOCKS = ("groups",)
+
+# Ids shown to people or written into other rows are never reused: SQLite would otherwise hand the
+# highest freed rowid out again (PostgreSQL sequences and MariaDB's counter never go back).
+AUTOINCREMENT = ("users", "api_tokens", "upload_sessions", "chunks", "frames", "jobs", "stacks",
+                 "contributions", "stack_frames")
+
+# (column, referenced table, declared earlier in SCHEMA): a deep/crowd stack's sources and members can only name stacks that exist.
+FOREIGN_KEYS: dict[str, list[tuple[str, str]]] = {
+    "stacks": [("deep_id", "stacks"), ("crowd_id", "stacks")],
+    "contributions": [("group_id", "stacks"), ("source_id", "stacks")],
+}
 
 UNIQUE: dict[str, list[tuple[str, ...]]] = {
     "users": [("username",), ("username_key",)],
@@ -193,6 +208,33 @@ def _floats_as_float(inspector, table, column_info):
     # dataset reflects tables; MariaDB's DOUBLE reflects as Decimal-returning unless told otherwise.
     if isinstance(column_info["type"], sa.Float):
         column_info["type"].asdecimal = False
+
+
+@sa.event.listens_for(sa.Table, "before_create")
+def _create_whole(table, connection, **_):
+    """A table of SCHEMA is created with all its columns at once, so that its options (AUTOINCREMENT)
+    and foreign keys are part of CREATE TABLE (SQLite cannot add either later)."""
+    if table.name not in SCHEMA:
+        return
+    for column, type_ in SCHEMA[table.name]:
+        if column not in table.c:
+            table.append_column(sa.Column(column, type_))
+    for column, target in FOREIGN_KEYS.get(table.name, []):
+        # The referenced table is named through a stand-in: dataset keeps no metadata of the others.
+        referenced = sa.Table(target, sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+        table.append_constraint(sa.ForeignKeyConstraint([column], [referenced.c.id],
+                                                        name=f"fk_{table.name}_{column}"))
+    if table.name in AUTOINCREMENT:
+        table.dialect_options["sqlite"]["autoincrement"] = True
+
+
+@sa.event.listens_for(sa.engine.Engine, "connect")
+def _sqlite_foreign_keys(dbapi_connection, _record):
+    # SQLite checks foreign keys only when asked to, per connection.
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
 
 
 def connect(url: str) -> dataset.Database:

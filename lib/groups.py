@@ -1,14 +1,29 @@
 """Deep stacks (one owner's chunk stacks of one pointing) and crowd stacks (every sharing owner's).
 
-A group is a row of ``stacks`` with kind ``deep`` or ``crowd``; what went into it is listed in
-``contributions``. Every new chunk stack is planned into its owner's deep stack and, if the owner
-shares, into the crowd stack of that patch of sky, each as a job of its own on the same queue:
-the job adds the one new chunk stack to the group's running sum and weight (``lib.stacking.deep``),
-so nothing is ever rescanned.
+A group is a row of ``stacks`` with kind ``deep`` or ``crowd``. It is a function of its sources:
 
-Two jobs may update one group at the same time; each writes its result under its own lease's keys
-and commits only if the group is still at the version it started from (``version`` column), so one
-of them wins and the other is retried on the new version. Nothing is lost, nothing added twice.
+- *members*: the chunk stacks that belong in it now. A chunk stack names its deep stack in
+  ``deep_id`` and, while its owner shares, its crowd stack in ``crowd_id`` (NULL otherwise). Every
+  change of membership happens in the transaction of the change that causes it (a new chunk stack,
+  a deleted one, sharing turned on or off) under the ``groups`` lock row, so membership always
+  says "the current stacks of owners sharing now".
+- *contributions*: the chunk stacks summed in the group's current file (the file lists them too,
+  in its SOURCES table). Contribution rows reference chunk stacks by id with a foreign key, and
+  ids are never reused (lib/db.py AUTOINCREMENT), so a contribution can never name a stranger's stack.
+
+A *group job* (kind ``deep`` or ``crowd``) brings the file to its members: it adds the members the
+file lacks to it, or, when the file holds a stack that is no longer a member (or there is no file),
+builds it anew from the members. Jobs name only their group, never a source, so nothing a job
+carries can go stale; at most one job per group waits in the queue at a time.
+
+Removing a source (its chunk stack deleted, its owner no longer sharing, or it not registering onto
+the grid) is recorded in the same transaction as its cause: the membership goes, and a group whose
+file holds that source is hidden at once (file deleted, contributions cleared) and a job queued to
+rebuild it from the rest. A group left without members is deleted with its jobs.
+
+A result commits only if it holds nothing that is no longer a member and everything already
+committed that still is (checked under a row lock on the group); otherwise the job is retried on
+the new state. So updates racing each other or a removal lose nothing and leak nothing.
 """
 from __future__ import annotations
 
@@ -16,50 +31,52 @@ import json
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from astropy.io import fits
 
 from lib import chunks, queue, stacks
 from lib.db import now
-from lib.stacking.options import StackingError
+from lib.stacking.group_files import file_sources
 from lib.storage import delete_quietly
 
 
 DEEP, CROWD = stacks.DEEP, stacks.CROWD
+MEMBERSHIP = {DEEP: "deep_id", CROWD: "crowd_id"}     # the chunk stack column naming its group
 GROUP_RADIUS_DEG = 0.5          # chunk stack centres this close are one target
-GROUP_LOCK = "groups"           # serialises the creation of groups (see _find_or_create)
+GROUP_LOCK = "groups"           # serialises membership changes (see module docstring)
 
 
 class GroupConflict(Exception):
-    """The group moved on while this job worked; the job is retried on the new version."""
+    """The group moved on while this job worked; the job is retried on the new state."""
 
 
-class NotShared(StackingError):
-    """A crowd update for an owner who stopped sharing: dropped for good, not retried."""
+# --- changes of membership (each inside the caller's transaction) ------------------------------
+
+def lock(tx) -> None:
+    """Take the ``groups`` lock row: planners, deletes and sharing changes queue up here, so two
+    of them never decide on the same group from different pictures of it."""
+    tx.query("UPDATE locks SET taken_at = :now WHERE name = :name", now=now(), name=GROUP_LOCK)
 
 
 def plan(tx, stack_id: int, settings) -> list[int]:
-    """Queue the deep (and, when the owner shares, the crowd) update for a new chunk stack.
+    """Make a new chunk stack a member of its owner's deep stack and, if the owner shares now, of
+    the crowd stack of that patch of sky; queue their updates. Returns the job ids.
 
     Runs inside the transaction that records the chunk stack, so either both happen or neither.
     """
+    lock(tx)
     stack = tx["stacks"].find_one(id=stack_id)
-    owner = tx["users"].find_one(id=stack["owner_id"])
+    owner = tx["users"].find_one(id=stack["owner_id"])       # read under the lock: sharing now
     kinds = [DEEP] + ([CROWD] if owner["share_with_crowd"] else [])
-    jobs = []
-    for kind in kinds:
-        group_id = _find_or_create(tx, kind, stack)
-        job_id = queue.enqueue(tx, kind=kind, chunk_id=stack["chunk_id"], owner_id=stack["owner_id"],
-                               max_attempts=settings.max_attempts)
-        tx["jobs"].update({"id": job_id, "payload": json.dumps({"group": group_id, "source": stack_id})}, ["id"])
-        jobs.append(job_id)
-    return jobs
+    return [_join(tx, kind, stack, stack["owner_id"], settings) for kind in kinds]
+
+
+def _join(tx, kind: str, stack: dict, job_owner: int, settings) -> int:
+    group_id = _find_or_create(tx, kind, stack)
+    tx["stacks"].update({"id": stack["id"], MEMBERSHIP[kind]: group_id}, ["id"])
+    return ensure_job(tx, kind, group_id, job_owner, settings, chunk_id=stack["chunk_id"])
 
 
 def _find_or_create(tx, kind: str, stack: dict) -> int:
     """The group of *kind* whose centre is nearest the stack's, within GROUP_RADIUS_DEG, or a new one."""
-    # Taking the lock row first makes concurrent planners queue up here, so two chunk stacks of one
-    # new target cannot open two groups.
-    tx.query("UPDATE locks SET taken_at = :now WHERE name = :name", now=now(), name=GROUP_LOCK)
     owner = stack["owner_id"] if kind == DEEP else None
     rows = tx.query("SELECT id, ra, dec FROM stacks WHERE kind = :kind AND dec BETWEEN :lo AND :hi"
                     + (" AND owner_id = :owner" if owner is not None else ""),
@@ -78,62 +95,194 @@ def _find_or_create(tx, kind: str, stack: dict) -> int:
         "created_at": now()})
 
 
+def ensure_job(tx, kind: str, group_id: int, owner_id: int, settings, chunk_id: int | None = None) -> int:
+    """A pending job that will bring the group up to date: the one already waiting, or a new one.
+    (A job already running may have read the group before this change, so it does not count.)"""
+    waiting = tx["jobs"].find_one(group_id=group_id, status="pending")
+    if waiting is not None:
+        return waiting["id"]
+    job_id = queue.enqueue(tx, kind=kind, chunk_id=chunk_id, owner_id=owner_id,
+                           max_attempts=settings.max_attempts)
+    tx["jobs"].update({"id": job_id, "group_id": group_id, "payload": json.dumps({"group": group_id})}, ["id"])
+    return job_id
+
+
+def remove_chunk_stack(tx, stack: dict, settings) -> list[str]:
+    """Take a chunk stack out of its groups and delete its rows; returns archive keys to delete
+    once the transaction has committed (its own files and those of groups hidden by it)."""
+    lock(tx)
+    stale = [k for k in (stack["fits_key"], stack["preview_key"]) if k]
+    touched = {stack[c] for c in MEMBERSHIP.values() if stack[c]}
+    touched |= {r["group_id"] for r in tx["contributions"].find(source_id=stack["id"])}
+    tx["stacks"].update({"id": stack["id"], "deep_id": None, "crowd_id": None}, ["id"])
+    for group_id in sorted(touched):
+        stale += _after_removal(tx, group_id, {stack["id"]}, stack["owner_id"], settings)
+    tx["stack_frames"].delete(stack_id=stack["id"])
+    tx["stacks"].delete(id=stack["id"])
+    if stack["job_id"]:
+        tx["jobs"].update({"id": stack["job_id"], "stack_id": None}, ["id"])
+    return stale
+
+
+def delete_group(tx, group_id: int) -> list[str]:
+    """Delete a group with its jobs (a stacker working on one finds out at its next heartbeat);
+    its members stay, belonging to no group of this kind. Returns archive keys to delete."""
+    group = tx["stacks"].find_one(id=group_id)
+    if group is None:
+        return []
+    tx.query(f"UPDATE stacks SET {MEMBERSHIP[group['kind']]} = NULL WHERE {MEMBERSHIP[group['kind']]} = :g",
+             g=group_id)
+    tx["contributions"].delete(group_id=group_id)
+    tx["jobs"].delete(group_id=group_id)
+    tx["stacks"].delete(id=group_id)
+    return [k for k in (group["fits_key"], group["preview_key"]) if k]
+
+
+def _after_removal(tx, group_id: int, removed: set[int], job_owner: int, settings) -> list[str]:
+    """After *removed* left the group's members: hide the group if its file holds any of them,
+    delete it if no member is left, else make sure a job brings it up to date."""
+    group = tx["stacks"].find_one(id=group_id)
+    if group is None:
+        return []
+    if not members(tx, group):
+        return delete_group(tx, group_id)
+    summed = {r["source_id"] for r in tx["contributions"].find(group_id=group_id)}
+    if summed & removed:
+        return rebuild(tx, group, job_owner, settings)
+    ensure_job(tx, group["kind"], group_id, group["owner_id"] if group["kind"] == DEEP else job_owner, settings)
+    return []
+
+
+def rebuild(tx, group: dict, job_owner: int | None, settings) -> list[str]:
+    """Hide the group now (its file, its contributions) and queue the job that builds it anew from
+    its members. Returns the archive keys to delete once committed."""
+    stale = [k for k in (group["fits_key"], group["preview_key"]) if k]
+    tx["contributions"].delete(group_id=group["id"])
+    tx.query("UPDATE stacks SET fits_key = NULL, preview_key = NULL, fits_size = NULL, "
+             "version = version + 1 WHERE id = :g", g=group["id"])
+    owner = group["owner_id"] if group["kind"] == DEEP else job_owner
+    if owner is None:      # a crowd stack nobody is changing (the janitor found its file gone)
+        owner = next(iter(members(tx, group)), {}).get("owner_id")
+    ensure_job(tx, group["kind"], group["id"], owner, settings)
+    return stale
+
+
+def set_sharing(svc, owner_id: int, share: bool) -> list[int]:
+    """Turn an owner's sharing on or off; the crowd stacks follow in the same transaction.
+
+    Off: the owner's chunk stacks leave every crowd stack at once; a crowd stack whose file holds
+    any of them is hidden (its files deleted) and rebuilt from the rest by a queued job, one left
+    with nobody is deleted. On: every chunk stack of the owner joins the crowd stack of its patch
+    of sky. Whatever the order and speed of on and off, the crowd stacks come to hold the stacks
+    of the owners sharing now. Returns the ids of the jobs queued (or already waiting).
+    """
+    from lib import accounts
+    db = svc.db
+    queued, stale = [], []
+    with db as tx:
+        lock(tx)
+        accounts.set_sharing(tx, owner_id, share)
+        own = [dict(r) for r in tx.query(
+            "SELECT * FROM stacks WHERE owner_id = :owner AND kind = 'chunk' ORDER BY id", owner=owner_id)]
+        if share:
+            for stack in own:
+                if stack["crowd_id"] is None:
+                    queued.append(_join(tx, CROWD, stack, owner_id, svc.settings))
+        else:
+            touched = {s["crowd_id"] for s in own if s["crowd_id"]}
+            touched |= {r["group_id"] for r in tx.query(
+                "SELECT DISTINCT c.group_id FROM contributions c JOIN stacks g ON g.id = c.group_id "
+                "WHERE c.owner_id = :owner AND g.kind = 'crowd'", owner=owner_id)}
+            tx.query("UPDATE stacks SET crowd_id = NULL WHERE owner_id = :owner AND kind = 'chunk'", owner=owner_id)
+            for group_id in sorted(touched):
+                stale += _after_removal(tx, group_id, {s["id"] for s in own}, owner_id, svc.settings)
+                job = tx["jobs"].find_one(group_id=group_id, status="pending")
+                if job is not None:
+                    queued.append(job["id"])
+    delete_quietly(svc.archive, stale)
+    return sorted(set(queued))
+
+
+def members(db, group: dict) -> list[dict]:
+    """The chunk stacks that belong in *group* now (for a crowd stack: of owners sharing now)."""
+    column = MEMBERSHIP[group["kind"]]
+    sql = f"SELECT s.* FROM stacks s JOIN users u ON u.id = s.owner_id WHERE s.{column} = :g AND s.kind = 'chunk'"
+    if group["kind"] == CROWD:
+        sql += " AND u.share_with_crowd = :true"
+    return [dict(r) for r in db.query(sql + " ORDER BY s.id", g=group["id"], true=True)]
+
+
+# --- group jobs ---------------------------------------------------------------------------------
+
 def inputs(db, job: dict) -> list[dict]:
-    """What a group job reads: the group's current state (if it has one) and the new chunk stack."""
-    payload = json.loads(job["payload"])
-    group = db["stacks"].find_one(id=payload["group"])
-    if payload.get("rebuild"):
-        return [{"id": f"source-{s['id']}", "filename": f"stack-{s['id']}.fits", "store": "archive",
-                 "key": s["fits_key"], "size": s["fits_size"]} for s in contributing_stacks(db, group["id"])]
-    source = db["stacks"].find_one(id=payload["source"])
-    if source is None:
-        raise GroupConflict(f"stack {payload['source']} no longer exists")
+    """What a group job reads: the group's file and the members it lacks, or (when the file holds a
+    stack that is no longer a member, or there is none) every member, to build it anew."""
+    group = db["stacks"].find_one(id=json.loads(job["payload"])["group"])
+    if group is None:
+        raise GroupConflict(f"the stack job {job['id']} was to update no longer exists")
+    wanted = members(db, group)
+    summed = {r["source_id"] for r in db["contributions"].find(group_id=group["id"])}
     found = []
-    if group["fits_key"]:
-        found.append({"id": "group", "filename": "group.fits", "store": "archive", "key": group["fits_key"],
-                      "size": group["fits_size"]})
-    found.append({"id": "source", "filename": f"stack-{source['id']}.fits", "store": "archive",
-                  "key": source["fits_key"], "size": source["fits_size"]})
+    if group["fits_key"] and summed <= {s["id"] for s in wanted}:
+        found.append({"id": "group", "filename": f"{group['kind']}-{group['id']}.fits", "store": "archive",
+                      "key": group["fits_key"], "size": group["fits_size"]})
+        wanted = [s for s in wanted if s["id"] not in summed]
+    found += [{"id": f"source-{s['id']}", "filename": f"stack-{s['id']}.fits", "store": "archive",
+               "key": s["fits_key"], "size": s["fits_size"]} for s in wanted]
+    if not found:
+        raise GroupConflict(f"{group['kind']} stack {group['id']} has no members")
     return found
 
 
-def complete_group_job(db, archive, lease, fits_path, preview_path) -> int | None:
-    """Record a group's new version: its files, its totals and the contribution just added."""
-    payload = json.loads(lease.job["payload"])
-    group = db["stacks"].find_one(id=payload["group"])
-    source = db["stacks"].find_one(id=payload["source"]) if "source" in payload else None
-    if group is None or ("source" in payload and source is None):
-        raise GroupConflict("the group or the stack to add was deleted meanwhile")
-    fits_key, preview_key = stacks.archive_keys(group["kind"], lease.job_id, lease.token)
+def complete_group_job(db, archive, settings, lease, fits_path, preview_path) -> int | None:
+    """Record a group's new file, if it still fits the group's members (see module docstring)."""
+    group_id = json.loads(lease.job["payload"])["group"]
+    summed, refused = file_sources(fits_path)
+    header = _header(fits_path)
+    kind = lease.job["kind"]
+    fits_key, preview_key = stacks.archive_keys(kind, lease.job_id, lease.token)
     with open(fits_path, "rb") as f:
         fits_size = archive.put(fits_key, f)
     with open(preview_path, "rb") as f:
         archive.put(preview_key, f)
-    header = fits.getheader(fits_path)
-    built_on = int(header["GROUPVER"]) - 1       # the version this result was built from
-    old_keys = (group["fits_key"], group["preview_key"])
+    stale: list[str] = []
 
     def record(tx) -> int:
-        if source is not None:
-            if group["kind"] == CROWD and not tx["users"].find_one(id=source["owner_id"])["share_with_crowd"]:
-                raise NotShared(f"the owner of stack {source['id']} stopped sharing; it stays out of the crowd stack")
+        # The groups lock orders this against every change of membership (and so against removals
+        # touching this group) on every database, and always in the same order: no deadlocks.
+        lock(tx)
+        if _execute(tx, "UPDATE stacks SET version = version + 1 WHERE id = :g", g=group_id).rowcount != 1:
+            raise GroupConflict(f"{kind} stack {group_id} was deleted meanwhile")
+        group = tx["stacks"].find_one(id=group_id)
+        wanted = {s["id"]: s for s in members(tx, group)}
+        committed = {r["source_id"] for r in tx["contributions"].find(group_id=group_id)}
+        if not set(summed) <= set(wanted) or not (committed & set(wanted)) <= set(summed):
+            raise GroupConflict(f"{kind} stack {group_id} changed while this job worked")
+        for stack_id, reason in refused:        # a failed registration is a recorded removal
+            if stack_id in wanted:
+                tx["stacks"].update({"id": stack_id, MEMBERSHIP[kind]: None}, ["id"])
+        if refused:
+            said = "; ".join(f"stack {i}: {reason}" for i, reason in refused)
+            tx["jobs"].update({"id": lease.job_id, "message": f"kept out of the {kind} stack: {said}"[:255]}, ["id"])
+        tx["contributions"].delete(group_id=group_id)
+        scales = header["scales"]
+        for stack_id in summed:
+            source = wanted[stack_id]
             tx["contributions"].insert({
-                "group_id": group["id"], "source_id": source["id"], "owner_id": source["owner_id"],
+                "group_id": group_id, "source_id": stack_id, "owner_id": source["owner_id"],
                 "frames": source["frames"], "exposure_s": source["exposure_s"], "date_beg": source["date_beg"],
-                "date_end": source["date_end"], "scale": float(header.get("LASTSCAL", 1.0)), "created_at": now()})
-        summary = _totals(tx, group["id"])
-        moved = tx.executable.execute(sa.text(
-            "UPDATE stacks SET version = :version + 1, fits_key = :fits_key, preview_key = :preview_key, "
-            "fits_size = :fits_size, frames = :frames, exposure_s = :exposure, date_beg = :date_beg, "
-            "date_end = :date_end, nights = :nights, owners = :owners, noise = :noise, object = :object "
-            "WHERE id = :id AND version = :version"), dict(
-            fits_key=fits_key, preview_key=preview_key, fits_size=fits_size, frames=summary["frames"],
-            exposure=summary["exposure_s"], date_beg=summary["date_beg"], date_end=summary["date_end"],
-            nights=summary["nights"], owners=summary["owners"], noise=_float(header.get("BGNOISE")),
-            object=group["object"], id=group["id"], version=built_on))
-        if moved.rowcount != 1:
-            raise GroupConflict(f"{group['kind']} stack {group['id']} changed while this job worked")
-        return group["id"]
+                "date_end": source["date_end"], "scale": scales[stack_id], "created_at": now()})
+        totals = _totals(tx, group_id)
+        tx["stacks"].update({
+            "id": group_id, "fits_key": fits_key, "preview_key": preview_key, "fits_size": fits_size,
+            "frames": totals["frames"], "exposure_s": totals["exposure_s"], "date_beg": totals["date_beg"],
+            "date_end": totals["date_end"], "nights": totals["nights"], "owners": totals["owners"],
+            "noise": header["noise"], "fwhm_px": header["fwhm"], "telescope": header["telescope"][:64],
+            "instrument": header["instrument"][:255]}, ["id"])
+        stale.extend(k for k in (group["fits_key"], group["preview_key"]) if k)
+        if set(wanted) - set(summed) - {i for i, _ in refused}:
+            ensure_job(tx, kind, group_id, lease.job["owner_id"], settings)     # members that came meanwhile
+        return group_id
 
     try:
         group_id = queue.complete(db, lease, record)
@@ -143,42 +292,18 @@ def complete_group_job(db, archive, lease, fits_path, preview_path) -> int | Non
     if group_id is None:
         delete_quietly(archive, (fits_key, preview_key))
         return None
-    delete_quietly(archive, [k for k in old_keys if k])
+    delete_quietly(archive, stale)
     return group_id
 
 
-def set_sharing(svc, owner_id: int, share: bool) -> list[int]:
-    """Turn an owner's sharing on or off. Off takes their data out of every crowd stack at once:
-    those stacks are hidden and their files deleted now, and rebuilt from the other owners'
-    contributions by queued jobs. Returns the ids of the rebuild jobs."""
-    from lib import accounts
-    db = svc.db
-    rebuilds, stale = [], []
-    with db as tx:
-        accounts.set_sharing(tx, owner_id, share)
-        if share:
-            return []
-        tx.query("DELETE FROM jobs WHERE kind = 'crowd' AND owner_id = :owner AND status IN ('pending', 'failed')",
-                 owner=owner_id)
-        touched = {r["group_id"] for r in tx.query(
-            "SELECT DISTINCT c.group_id FROM contributions c JOIN stacks g ON g.id = c.group_id "
-            "WHERE c.owner_id = :owner AND g.kind = 'crowd'", owner=owner_id)}
-        for group_id in sorted(touched):
-            group = tx["stacks"].find_one(id=group_id)
-            stale += [k for k in (group["fits_key"], group["preview_key"]) if k]
-            tx["contributions"].delete(group_id=group_id, owner_id=owner_id)
-            if tx["contributions"].count(group_id=group_id) == 0:
-                tx["stacks"].delete(id=group_id)
-                continue
-            version = (group["version"] or 0) + 1
-            tx["stacks"].update({"id": group_id, "fits_key": None, "preview_key": None, "version": version}, ["id"])
-            job_id = queue.enqueue(tx, kind=CROWD, chunk_id=None, owner_id=owner_id,
-                                   max_attempts=svc.settings.max_attempts)
-            tx["jobs"].update({"id": job_id, "payload": json.dumps(
-                {"group": group_id, "rebuild": True, "version": version})}, ["id"])
-            rebuilds.append(job_id)
-    delete_quietly(svc.archive, stale)
-    return rebuilds
+def _header(fits_path) -> dict:
+    from astropy.io import fits
+    with fits.open(fits_path, memmap=False) as hdul:
+        h = hdul[0].header
+        table = hdul["SOURCES"].data
+        return {"scales": {int(r["ID"]): float(r["SCALE"]) for r in table},
+                "noise": _float(h.get("BGNOISE")), "fwhm": _float(h.get("FWHM")),
+                "telescope": str(h.get("TELESCOP", "")), "instrument": str(h.get("INSTRUME", ""))}
 
 
 def _totals(tx, group_id: int) -> dict:
@@ -200,11 +325,15 @@ def credits(db, group_id: int) -> list[dict]:
 
 def contributing_stacks(db, group_id: int) -> list[dict]:
     rows = db.query(
-        "SELECT s.id, s.chunk_key, s.object, s.frames, s.exposure_s, s.date_beg, s.telescope, s.fits_key, "
-        "s.fits_size, u.username AS owner "
+        "SELECT s.id, s.chunk_key, s.object, s.frames, s.exposure_s, s.date_beg, s.telescope, "
+        "u.username AS owner "
         "FROM contributions c JOIN stacks s ON s.id = c.source_id JOIN users u ON u.id = c.owner_id "
         "WHERE c.group_id = :group ORDER BY s.date_beg", group=group_id)
     return [dict(r) for r in rows]
+
+
+def _execute(tx, sql: str, **params):
+    return tx.executable.execute(sa.text(sql), params)
 
 
 def _float(value):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 
-from lib import gallery, queue, uploads
+from lib import gallery, groups, queue, stacks, uploads
 from lib.db import now
-from lib.storage import StorageError
+from lib.storage import StorageError, delete_quietly
 
 log = logging.getLogger("crowdsky.janitor")
 
@@ -108,14 +108,23 @@ def reconcile(svc, grace_s: float = 3600.0) -> dict:
         if job is None or (job["status"] != "running" and (job["finished_at"] or job["created_at"]) < cutoff):
             svc.archive.delete(key)
             report["archive_orphans"].append(key)
-    for stack in list(db.query("SELECT id, job_id, fits_key FROM stacks WHERE created_at < :cutoff", cutoff=cutoff)):
-        if not svc.archive.exists(stack["fits_key"]):
-            with db as tx:
-                tx["stack_frames"].delete(stack_id=stack["id"])
-                tx["stacks"].delete(id=stack["id"])
-                tx["jobs"].update({"id": stack["job_id"], "stack_id": None, "status": "failed",
-                                   "error": "the stack's FITS file disappeared from the archive"}, ["id"])
-            report["stacks_without_fits"].append(stack["id"])
+    # A deep or crowd stack being rebuilt has no file yet (fits_key NULL): nothing is missing.
+    for stack in list(db.query("SELECT id FROM stacks WHERE created_at < :cutoff AND fits_key IS NOT NULL",
+                               cutoff=cutoff)):
+        stack = db["stacks"].find_one(id=stack["id"])
+        if stack is None or not stack["fits_key"] or svc.archive.exists(stack["fits_key"]):
+            continue
+        with db as tx:
+            groups.lock(tx)
+            if stack["kind"] == stacks.CHUNK:       # it leaves its groups, which are rebuilt without it
+                stale = groups.remove_chunk_stack(tx, dict(stack), svc.settings)
+                if stack["job_id"]:
+                    tx["jobs"].update({"id": stack["job_id"], "stack_id": None, "status": "failed",
+                                       "error": "the stack's FITS file disappeared from the archive"}, ["id"])
+            else:                                   # rebuilt from its chunk stacks
+                stale = groups.rebuild(tx, dict(stack), None, svc.settings)
+        delete_quietly(svc.archive, [k for k in stale if k != stack["fits_key"]])
+        report["stacks_without_fits"].append(stack["id"])
 
     for kind, items in report.items():
         if items:

@@ -1,12 +1,16 @@
-"""What happens around a stacking job: its owner's view of it, finishing it, retrying or deleting it.
+"""What happens around a stacking job: its kind, its owner's view of it, finishing, retrying, deleting.
 
-``lib.queue`` knows how jobs are claimed and leased; this module knows what a chunk job *means*:
-which frames it stacks, where its outputs go, and what must be cleaned up when it ends.
+``lib.queue`` knows how jobs are claimed and leased; this module knows what each kind of job
+*means* (``KINDS``): what it reads, how it completes, who may retry or delete it, and how it shows
+on the status page. An owner deletes *stacks* (chunk or deep, `delete_stack`), or a chunk or import
+job with its raws and stack; a deep or crowd job is derived from stacks and is never deleted by hand.
 """
 from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from lib import groups, queue, stacks
 from lib.storage import delete_quietly
@@ -26,17 +30,21 @@ def chunk_frames(db, chunk_id: int) -> list[dict]:
 
 def job_inputs(db, job: dict) -> list[dict]:
     """The files a job reads: ``{"id", "filename", "store" ("buffer"/"archive"), "key", "size"}``."""
-    if job["kind"] in (groups.DEEP, groups.CROWD):
-        return groups.inputs(db, job)
+    return KINDS[job["kind"]].inputs(db, job)
+
+
+def _raw_inputs(db, job: dict) -> list[dict]:
     return [{"id": f"frame-{f['id']}", "filename": f["filename"], "store": "buffer", "key": f["buffer_key"],
              "size": f["size"]} for f in chunk_frames(db, job["chunk_id"])]
 
 
 def complete_job(svc, lease, fits_path, preview_path) -> int | None:
     """Record a finished job's result, whatever its kind; None when the lease had been lost."""
-    if lease.job["kind"] in (groups.DEEP, groups.CROWD):
-        return groups.complete_group_job(svc.db, svc.archive, lease, fits_path, preview_path)
-    return complete_chunk_job(svc, lease, fits_path, preview_path)
+    return KINDS[lease.job["kind"]].complete(svc, lease, fits_path, preview_path)
+
+
+def _complete_group_job(svc, lease, fits_path, preview_path) -> int | None:
+    return groups.complete_group_job(svc.db, svc.archive, svc.settings, lease, fits_path, preview_path)
 
 
 def complete_chunk_job(svc, lease, fits_path, preview_path) -> int | None:
@@ -87,7 +95,7 @@ def current_lease(db, job_id: int, token: str | None) -> queue.Lease:
 # --- the owner's view ----------------------------------------------------------------------
 
 def job_view(job: dict) -> dict:
-    return {"id": job["id"], "kind": job["kind"], "status": job["status"],
+    return {"id": job["id"], "kind": job["kind"], "label": KINDS[job["kind"]].label, "status": job["status"],
             "progress": round(float(job["progress"] or 0.0), 3), "message": job["message"],
             "attempts": job["attempts"], "max_attempts": job["max_attempts"],
             "stack_id": job["stack_id"], "error": owner_error(job["error"])}
@@ -126,10 +134,10 @@ def owner_sessions(db, owner_id: int, limit: int = 50) -> list[dict]:
             chunk = dict(chunk)
             chunk["frames"] = db["frames"].count(chunk_id=chunk["id"])
             of_chunk = list(db["jobs"].find(chunk_id=chunk["id"], order_by="id"))
-            stacking = [j for j in of_chunk if j["kind"] in ("chunk", "import")]
+            stacking = [j for j in of_chunk if KINDS[j["kind"]].owner_may_delete]
             chunk["job"] = job_view(stacking[-1]) if stacking else None
             # the deep and crowd stacks the chunk's stack was added to
-            chunk["updates"] = [job_view(j) for j in of_chunk if j["kind"] in (groups.DEEP, groups.CROWD)]
+            chunk["updates"] = [job_view(j) for j in of_chunk if not KINDS[j["kind"]].owner_may_delete]
             session["chunks"].append(chunk)
     return sessions
 
@@ -141,19 +149,98 @@ def retry(db, owner_id: int, job_id: int) -> None:
     queue.retry(db, job_id)
 
 
-def delete(db, buffer, archive, owner_id: int, job_id: int) -> None:
-    """Delete a job that is not running, with its raws and any outputs it left."""
-    job = owned_job(db, owner_id, job_id)
+def delete(svc, owner_id: int, job_id: int) -> None:
+    """Delete a chunk or import job that is not running, with its chunk, raws, stack and outputs;
+    the stack leaves the deep and crowd stacks it was in (they are rebuilt from the rest)."""
+    job = owned_job(svc.db, owner_id, job_id)
+    kind = KINDS[job["kind"]]
+    if not kind.owner_may_delete:
+        raise JobError(409, f"job {job_id} keeps a {job['kind']} stack up to date and cannot be deleted; "
+                            f"{kind.instead}")
     if job["status"] == "running":
         raise JobError(409, f"job {job_id} is running; wait for it to finish or fail")
-    frames = list(db["frames"].find(chunk_id=job["chunk_id"]))
-    delete_quietly(buffer, [f["buffer_key"] for f in frames if f["status"] == "buffered"])
-    delete_quietly(archive, list(archive.list(f"stacks/{job['kind']}/{job_id}/")))
-    if job["stack_id"]:
-        stack = db["stacks"].find_one(id=job["stack_id"])
-        if stack:
-            stacks.delete_stack(db, archive, stack)
-    with db as tx:
+    with svc.db as tx:
+        raws, stale = _delete_chunk_job(tx, job, svc.settings)
+    delete_quietly(svc.buffer, raws)
+    delete_quietly(svc.archive, stale + list(svc.archive.list(f"stacks/{job['kind']}/{job_id}/")))
+
+
+def _delete_chunk_job(tx, job: dict, settings) -> tuple[list[str], list[str]]:
+    """Inside a transaction: a chunk or import job's stack (out of its groups), frames, chunk and
+    the job itself. Returns (buffer keys, archive keys) to delete once committed."""
+    stale = []
+    stack = tx["stacks"].find_one(job_id=job["id"], kind=stacks.CHUNK)
+    if stack is not None:
+        stale += groups.remove_chunk_stack(tx, dict(stack), settings)
+    raws = [f["buffer_key"] for f in tx["frames"].find(chunk_id=job["chunk_id"]) if f["status"] == "buffered"]
+    if job["chunk_id"] is not None:
+        tx.query("UPDATE jobs SET chunk_id = NULL WHERE chunk_id = :c AND id <> :j AND kind IN ('deep', 'crowd')",
+                 c=job["chunk_id"], j=job["id"])
         tx["frames"].delete(chunk_id=job["chunk_id"])
         tx["chunks"].delete(id=job["chunk_id"])
-    queue.delete(db, job_id)
+    queue.delete(tx, job["id"])
+    return raws, stale
+
+
+def delete_stack(svc, owner_id: int, stack_id: int) -> None:
+    """An owner deletes one of their stacks. A chunk stack goes with its job, chunk and raws, and
+    leaves the deep and crowd stacks it was in (hidden at once, rebuilt from the rest, deleted when
+    nothing is left). A deep stack goes alone: its chunk stacks stay, in no deep stack."""
+    stack = svc.db["stacks"].find_one(id=stack_id)
+    if stack is None or (stack["owner_id"] != owner_id and stack["kind"] != stacks.CROWD):
+        raise JobError(404, f"no stack {stack_id}")
+    if stack["kind"] == stacks.CROWD:
+        raise JobError(409, f"stack {stack_id} is a crowd stack, everyone's; turn sharing off to take "
+                            "your stacks out of it, or delete your chunk stacks")
+    with svc.db as tx:
+        stack = tx["stacks"].find_one(id=stack_id)
+        if stack is None:
+            raise JobError(404, f"no stack {stack_id}")
+        raws: list[str] = []
+        if stack["kind"] == stacks.CHUNK:
+            job = tx["jobs"].find_one(id=stack["job_id"]) if stack["job_id"] else None
+            if job is not None:
+                raws, stale = _delete_chunk_job(tx, dict(job), svc.settings)
+            else:
+                stale = groups.remove_chunk_stack(tx, dict(stack), svc.settings)
+        else:
+            groups.lock(tx)
+            stale = groups.delete_group(tx, stack_id)
+    delete_quietly(svc.buffer, raws)
+    delete_quietly(svc.archive, stale)
+
+
+# --- kinds of job ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Kind:
+    """What one kind of job is. *inputs(db, job)* lists what it reads, *complete(svc, lease, fits,
+    preview)* records its result; *label* is how it shows on the status page."""
+    name: str
+    queued_by: str
+    needs: str
+    makes: str
+    label: str
+    inputs: Callable
+    complete: Callable
+    owner_may_retry: bool = True
+    owner_may_delete: bool = True
+    instead: str = ""              # what the owner deletes instead, when the job is not theirs to delete
+
+
+_DERIVED = ("delete the chunk stack (DELETE /api/v1/stacks/<id>) to take it out, or the deep stack itself; "
+            "for a crowd stack, turning sharing off takes all your stacks out")
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("chunk", "finalize", "the chunk's raw frames (buffer)", "a chunk stack", "stacking the chunk",
+         _raw_inputs, complete_chunk_job),
+    Kind("import", "POST /api/upload_stack.php", "one stack made on the telescope (buffer)", "a chunk stack",
+         "importing the telescope's stack", _raw_inputs, complete_chunk_job),
+    Kind("deep", "a chunk stack made or deleted; a failed registration",
+         "the deep stack's file and the chunk stacks it lacks, or all its chunk stacks (archive)",
+         "the deep stack's next file", "deep stack", groups.inputs, _complete_group_job,
+         owner_may_delete=False, instead=_DERIVED),
+    Kind("crowd", "a sharing owner's chunk stack made or deleted; sharing turned on or off",
+         "the crowd stack's file and the chunk stacks it lacks, or all its chunk stacks (archive)",
+         "the crowd stack's next file", "crowd stack", groups.inputs, _complete_group_job,
+         owner_may_delete=False, instead=_DERIVED),
+)}

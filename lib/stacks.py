@@ -108,17 +108,6 @@ def record_chunk_stack(tx, job: dict, chunk: dict, frames: list[dict], summary: 
     return stack_id
 
 
-def delete_stack(db, archive, stack: dict) -> None:
-    """Remove a stack's files from the archive, then its rows."""
-    for key in (stack["fits_key"], stack["preview_key"]):
-        if key:
-            archive.delete(key)
-    with db as tx:
-        tx["stack_frames"].delete(stack_id=stack["id"])
-        tx["stacks"].delete(id=stack["id"])
-        tx["jobs"].update({"id": stack["job_id"], "stack_id": None}, ["id"])
-
-
 # --- who sees what -----------------------------------------------------------------------------
 
 def visible_to(db, viewer_id: int | None) -> tuple[str, dict]:
@@ -171,7 +160,7 @@ def api_view(stack: dict, base_url: str = "") -> dict:
         "frames": stack["frames"], "frames_rejected": stack["frames_rejected"],
         "exposure_s": stack["exposure_s"], "date_beg": stack["date_beg"], "date_end": stack["date_end"],
         "fwhm_px": stack["fwhm_px"], "noise": stack["noise"],
-        "nights": stack.get("nights"), "owners": stack.get("owners"),
+        "nights": stack.get("nights"), "owners": stack.get("owners"), "instrument": stack.get("instrument"),
         "fits_url": f"{base_url}/stacks/{stack['id']}/stack.fits",
         "preview_url": f"{base_url}/stacks/{stack['id']}/preview.png",
     }

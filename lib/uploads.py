@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from lib import chunks, queue, stacks
+from lib import chunks, queue
 from lib.db import now
+from lib.storage import delete_quietly
 from lib.fitsheader import FrameError, FrameHeader, parse, parse_stack, plausible_time, read_header_bytes
 
 OPEN, FINALIZED, EXPIRED = "open", "finalized", "expired"
@@ -194,7 +195,14 @@ def _record_frame(db, owner_id, session_id, filename, key, size, sha, header: Fr
             # Touching the session row first serialises chunk filing within one session on every
             # database (a row lock on PostgreSQL/MariaDB, the write lock on SQLite), so two frames
             # of one pointing uploaded at the same moment cannot open two chunks.
-            tx["upload_sessions"].update({"id": session_id, "updated_at": now()}, ["id"])
+            # The same statement refuses a frame whose session was finalized while it streamed in:
+            # finalize closes the session under the same lock, so a frame is in before or out.
+            still_open = tx.executable.execute(sa.text(
+                "UPDATE upload_sessions SET updated_at = :now WHERE id = :id AND status = :open"),
+                dict(now=now(), id=session_id, open=OPEN)).rowcount
+            if still_open != 1:
+                raise UploadError(409, f"upload session {session_id} was finalized while {filename} was "
+                                       "uploading; it was not stored: upload it into a new session")
             chunk_id = _file_into_chunk(tx, owner_id, session_id, header)
             frame_id = tx["frames"].insert({
                 "owner_id": owner_id, "session_id": session_id, "chunk_id": chunk_id,
@@ -314,47 +322,52 @@ STACK_AGAIN, SKIP_STACKED, REPLACE_STACKED = "stack", "skip", "replace"
 
 
 def finalize(svc, owner_id: int, session_id: int, *, stacked: str = STACK_AGAIN) -> dict:
-    """Close the session and queue one stacking job per chunk.
+    """Close the session and queue one stacking job per chunk, in one transaction.
 
     Returns ``{"jobs": [...], "skipped": [chunk keys]}``. With SKIP_STACKED, chunks whose key already
     has a stack are not queued and their raws are dropped; with REPLACE_STACKED, those older stacks
-    are deleted and the chunk is stacked anew.
+    are deleted (and leave their deep and crowd stacks) and the chunk is stacked anew.
+
+    The first statement is a conditional UPDATE of the session: it takes the write lock (SQLite)
+    or the row lock (PostgreSQL, MariaDB), so of concurrent finalizes exactly one finds the session
+    open and the others answer 409, and a frame being recorded into the session is either in
+    before it closes or refused after (see `_record_frame`). Nothing is deleted from storage until
+    the transaction has committed; a crash before that leaves the session open and nothing queued.
     """
+    from lib import groups
     db = svc.db
+    raws, stale = [], []
     with db as tx:
-        session = get_session(tx, owner_id, session_id)
-        if session["status"] != OPEN:
+        closed = tx.executable.execute(sa.text(
+            "UPDATE upload_sessions SET status = :finalized, finalized_at = :now, updated_at = :now "
+            "WHERE id = :id AND owner_id = :owner AND status = :open"),
+            dict(finalized=FINALIZED, open=OPEN, now=now(), id=session_id, owner=owner_id)).rowcount
+        if closed != 1:
+            session = get_session(tx, owner_id, session_id)
             raise UploadError(409, f"upload session {session_id} is already {session['status']}")
         chunk_rows = list(tx["chunks"].find(session_id=session_id, order_by="id"))
         if not chunk_rows:
             raise UploadError(400, f"upload session {session_id} has no frames to stack")
-        tx["upload_sessions"].update({"id": session_id, "status": FINALIZED, "finalized_at": now(),
-                                      "updated_at": now()}, ["id"])
-    jobs, skipped = [], []
-    for chunk in chunk_rows:
-        earlier = [s for s in db["stacks"].find(owner_id=owner_id, chunk_key=chunk["chunk_key"], kind="chunk")]
-        if earlier and stacked == SKIP_STACKED:
-            skipped.append(chunk["chunk_key"])
-            _drop_chunk(svc, chunk)
-            continue
-        if earlier and stacked == REPLACE_STACKED:
-            for stack in earlier:
-                stacks.delete_stack(db, svc.archive, stack)
-        job_id = queue.enqueue(db, kind="chunk", chunk_id=chunk["id"], owner_id=owner_id,
-                               max_attempts=svc.settings.max_attempts)
-        jobs.append({"id": job_id, "chunk_key": chunk["chunk_key"],
-                     "frames": db["frames"].count(chunk_id=chunk["id"]), "status": "pending"})
+        jobs, skipped = [], []
+        for chunk in chunk_rows:
+            earlier = [dict(s) for s in tx["stacks"].find(owner_id=owner_id, chunk_key=chunk["chunk_key"],
+                                                          kind="chunk")]
+            if earlier and stacked == SKIP_STACKED:
+                skipped.append(chunk["chunk_key"])
+                raws += [f["buffer_key"] for f in tx["frames"].find(chunk_id=chunk["id"])]
+                tx["frames"].delete(chunk_id=chunk["id"])
+                tx["chunks"].delete(id=chunk["id"])
+                continue
+            if earlier and stacked == REPLACE_STACKED:
+                for stack in earlier:
+                    stale += groups.remove_chunk_stack(tx, stack, svc.settings)
+            job_id = queue.enqueue(tx, kind="chunk", chunk_id=chunk["id"], owner_id=owner_id,
+                                   max_attempts=svc.settings.max_attempts)
+            jobs.append({"id": job_id, "chunk_key": chunk["chunk_key"],
+                         "frames": tx["frames"].count(chunk_id=chunk["id"]), "status": "pending"})
+    delete_quietly(svc.buffer, raws)
+    delete_quietly(svc.archive, stale)
     return {"jobs": jobs, "skipped": skipped}
-
-
-def _drop_chunk(svc, chunk: dict) -> None:
-    """Forget a chunk nobody will stack: its raws and rows."""
-    frames = list(svc.db["frames"].find(chunk_id=chunk["id"]))
-    for frame in frames:
-        svc.buffer.delete(frame["buffer_key"])
-    with svc.db as tx:
-        tx["frames"].delete(chunk_id=chunk["id"])
-        tx["chunks"].delete(id=chunk["id"])
 
 
 class _CheckedReader(io.RawIOBase):

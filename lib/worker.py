@@ -25,9 +25,8 @@ from pathlib import Path
 from lib import jobs, queue
 from lib.db import release
 from lib.stacking import StackingError, stack_files
-from lib.stacking.group_files import rebuild_group, update_group
+from lib.stacking.group_files import bring_up_to_date
 from lib.stacking.imported import read_telescope_stack
-from lib.stacking.register import RegistrationError
 
 log = logging.getLogger("crowdsky.stacker")
 
@@ -253,16 +252,13 @@ def _import_telescope_stack(paths, inputs, payload, kind, progress):
 
 
 def _update_group(paths, inputs, payload, kind, progress):
-    """A deep or crowd job: one new chunk stack added to the group's running sum, or (rebuild) the
-    group made anew from its remaining chunk stacks."""
-    try:
-        if payload.get("rebuild"):
-            return rebuild_group(paths, kind, payload["version"], progress)
-        by_id = {item["id"]: path for item, path in zip(inputs, paths)}
-        return update_group(by_id.get("group"), by_id["source"], kind, progress)
-    except RegistrationError as exc:
-        # Trying again cannot make a stack register: keep it apart, and say why.
-        raise StackingError(f"kept out of the {kind} stack: {exc}") from None
+    """A deep or crowd job: the group brought up to its sources, either its current file (input
+    ``group``) plus the chunk stacks it lacks (``source-<stack id>``), or made anew from them all.
+    A chunk stack that does not register is refused inside the result (lib/groups.py records it)."""
+    group = next((path for item, path in zip(inputs, paths) if item["id"] == "group"), None)
+    sources = [(int(item["id"].split("-", 1)[1]), path) for item, path in zip(inputs, paths)
+               if item["id"].startswith("source-")]
+    return bring_up_to_date(group, sources, progress)
 
 
 # What each kind of job makes of its inputs: (paths, inputs, payload, kind, progress) -> a result

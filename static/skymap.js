@@ -300,10 +300,13 @@
       $("download-ids").value = "";
       return;
     }
-    const bytes = d3.sum(selected, (s) => s.size), exposure = d3.sum(selected, (s) => s.exposure);
+    // Deep and crowd stacks sum chunk stacks' frames: only chunk stacks count towards the exposure,
+    // or a deep stack and its chunks would count the same minutes twice.
+    const bytes = d3.sum(selected, (s) => s.size);
+    const exposure = d3.sum(selected.filter((s) => s.kind === "chunk"), (s) => s.exposure);
     const objects = new Set(selected.map((s) => s.object));
     summary.textContent = plural(selected.length, "stack") + " of " + plural(objects.size, "object") + " · " +
-      hours(exposure) + " of exposure · " + mb(bytes);
+      hours(exposure) + " of exposure (chunk stacks; deep and crowd stacks re-use it) · " + mb(bytes);
     const sorted = [...selected].sort((a, b) => (b.date || 0) - (a.date || 0));
     for (const s of sorted.slice(0, 40)) {
       const li = document.createElement("li");

@@ -15,6 +15,11 @@
   </div>
   <div class="actions">
     <a class="button" id="download-fits" href="/stacks/{{stack['id']}}/stack.fits" download>Download FITS · {{'%.1f' % ((stack['fits_size'] or 0) / 1e6)}} MB</a>
+    % if user and stack['owner_id'] == user['id'] and stack['kind'] in ('chunk', 'deep'):
+    <form method="post" action="/stacks/{{stack['id']}}/delete" class="inline" id="delete-stack"
+          data-confirm="{{'Delete this chunk stack with its job and raw frames? It leaves your deep stack and any crowd stack, which are rebuilt without it. This cannot be undone.' if stack['kind'] == 'chunk' else 'Delete this deep stack? Its chunk stacks stay. This cannot be undone.'}}">
+      <input type="hidden" name="csrf_token" value="{{csrf}}"><button type="submit" class="danger">Delete</button></form>
+    % end
   </div>
 </div>
 
@@ -67,6 +72,9 @@
       <dt>Pointing</dt><dd>RA {{g.ra_text(stack['ra'])}}<br>Dec {{g.dec_text(stack['dec'])}}</dd>
       % if not group:
       <dt>Telescope</dt><dd>{{stack['telescope']}}</dd>
+      % else:
+      <dt>Telescopes</dt><dd>{{stack['telescope'] or '–'}}</dd>
+      <dt>Cameras</dt><dd>{{stack.get('instrument') or '–'}}</dd>
       % end
     </dl>
   </aside>

@@ -98,6 +98,34 @@ def test_every_owner_has_a_deep_stack_of_their_own(crowd_site):
         assert len(detail["chunk_stacks"]) == 1
 
 
+def test_deep_and_crowd_stacks_carry_honest_metadata(crowd_site):
+    """Like a chunk stack, a deep or crowd stack names its telescopes and cameras, keeps the grid's
+    optics, its dates and a measured median FWHM and noise, in its FITS, its API answer and its page."""
+    d, users = crowd_site
+    alice = users["alice"]
+    listing = alice.get("/api/v1/stacks").json()["stacks"]
+    chunks = {s["owner"]: s for s in listing if s["kind"] == "chunk"}
+    crowd = [s for s in listing if s["kind"] == "crowd"][0]
+    deep = [s for s in listing if s["kind"] == "deep" and s["owner"] == "alice"][0]
+    for stack, owners in ((crowd, ("alice", "bob")), (deep, ("alice",))):
+        with fits_of(alice, stack) as hdul:
+            header = hdul[0].header
+            telescopes = {chunks[o]["telescope"] for o in owners}
+            assert set(header["TELESCOP"].split(", ")) == telescopes
+            assert header["INSTRUME"]
+            assert header["FOCALLEN"] > 0 and header["XPIXSZ"] > 0
+            assert header["DATE-OBS"] == header["DATE-BEG"] == min(chunks[o]["date_beg"] for o in owners)
+            assert header["DATE-END"] == max(chunks[o]["date_end"] for o in owners)
+            assert header["FWHM"] > 1 and header["BGNOISE"] > 0
+        view = alice.get(f"/api/v1/stacks/{stack['id']}").json()
+        assert set(view["telescope"].split(", ")) == telescopes
+        assert view["fwhm_px"] == pytest.approx(header["FWHM"]) and view["noise"] == pytest.approx(header["BGNOISE"])
+        page = alice.get(f"/stacks/{stack['id']}").text
+        assert f"{header['FWHM']:.2f} px" in page
+        for telescope in telescopes:
+            assert telescope in page
+
+
 def test_a_non_sharing_owner_stays_private(crowd_site):
     d, users = crowd_site
     crowd = [s for s in users["alice"].get("/api/v1/stacks").json()["stacks"] if s["kind"] == "crowd"][0]
