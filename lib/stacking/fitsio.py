@@ -123,9 +123,11 @@ def _column(values: Sequence[float | int | None], fill: float) -> np.ndarray:
 
 def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, *, reference: FrameHeader,
                 reference_name: str, ncombine: int, exptime_total: float, date_beg: str, date_end: str,
-                frames: Sequence[FrameRow], history: Sequence[str]) -> None:
+                frames: Sequence[FrameRow], history: Sequence[str],
+                extra_cards: Sequence[tuple[str, object, str]] = ()) -> None:
     """Write the stack: primary HDU (3, H, W) float32, image extension COVERAGE (H, W) int16
     (frames covering each pixel) and binary table FRAMES (every input frame, used or not).
+    extra_cards: (keyword, value, comment) added to the primary header, e.g. the preview's factors.
 
     image: (3, H, W) float32, R, G, B, in ADU/65535 of the reference frame after normalisation.
     """
@@ -141,6 +143,8 @@ def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, 
     header["REFFRAME"] = reference_name  # no comment: a long file name alone may fill the card
     header["CTYPE3"] = ("RGB", "planes: red, green, blue")
     header["BUNIT"] = ("ADU/65535", "reference-frame ADU scaled to 0..1")
+    for key, value, comment in extra_cards:
+        header[key] = (value, comment)
     for line in history:
         header.add_history(line)
 

@@ -64,7 +64,7 @@ class GroupResult:
         fits.HDUList([primary, weight, stars]).writeto(path, overwrite=True)
 
     def write_preview(self, path: Path) -> None:
-        write_png(stretch(self.running.image), Path(path))
+        write_png(stretch(self.running.image, cover=self.running.weight), Path(path))
 
 
 def update_group(group_path: Path | None, source_path: Path, kind: str, progress) -> GroupResult:
