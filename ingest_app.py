@@ -6,6 +6,7 @@ Routes are thin: parse the request, call ``lib``, render a page or JSON. Run it 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -18,6 +19,7 @@ import bottle
 from cheroot import wsgi
 
 from lib import accounts, config, gallery as gallery_lib, groups, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
+from lib import pictures
 from lib import zipstream
 from lib.fitsheader import FrameError
 from lib.db import release
@@ -302,6 +304,32 @@ def stack_thumbnail(stack_id):
         bottle.response.content_type = "image/jpeg"
         return thumb
     return bottle.static_file(thumb.name, root=str(thumb.parent), mimetype="image/jpeg")
+
+
+@app.get("/stacks/<stack_id:int>/rendition.bin")
+def stack_rendition(stack_id):
+    """The 16-bit calibrated picture the stack page's stretch control redraws (format: lib/pictures.py)."""
+    stack = _visible_stack(user_or_none(), stack_id)
+    meta, data = pictures.rendition(svc.archive, pictures.rendition_cache(svc.settings), stack)
+    bottle.response.content_type = "application/octet-stream"
+    bottle.response.set_header("X-Rendition", json.dumps(meta))
+    bottle.response.set_header("Cache-Control", "private, max-age=3600")
+    return data
+
+
+@app.get("/stacks/<stack_id:int>/picture.<fmt:re:jpg|tiff>")
+def stack_picture(stack_id, fmt):
+    """The full-size picture as shown, with ?black= (sky sigmas below the sky) and ?strength= (asinh β)."""
+    stack = _visible_stack(user_or_none(), stack_id)
+    try:
+        settings = pictures.Settings.from_query(bottle.request.query)
+    except pictures.PictureError as exc:
+        raise HTTPProblem(400, str(exc)) from None
+    data = pictures.download(svc.archive, stack, settings, fmt)
+    bottle.response.content_type = "image/jpeg" if fmt == "jpg" else "image/tiff"
+    bottle.response.set_header("Content-Disposition",
+                               f'attachment; filename="{pictures.download_name(stack, fmt)}"')
+    return data
 
 
 @app.route("/stacks.zip", method=["GET", "POST"])

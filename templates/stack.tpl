@@ -15,13 +15,18 @@
   </div>
   <div class="actions">
     <a class="button" id="download-fits" href="/stacks/{{stack['id']}}/stack.fits" download>Download FITS · {{'%.1f' % ((stack['fits_size'] or 0) / 1e6)}} MB</a>
+    <a class="button ghost" id="download-jpeg" href="/stacks/{{stack['id']}}/picture.jpg" data-as-shown="/stacks/{{stack['id']}}/picture.jpg" download>JPEG as shown</a>
+    <a class="button ghost" id="download-tiff" href="/stacks/{{stack['id']}}/picture.tiff" data-as-shown="/stacks/{{stack['id']}}/picture.tiff" download>16-bit TIFF as shown</a>
   </div>
 </div>
 
 <div class="stack">
   <figure class="viewer" id="viewer">
     <div class="viewport" id="viewport" tabindex="0" aria-label="Preview; click to zoom, drag to pan">
-      <img class="preview" id="preview" src="/stacks/{{stack['id']}}/preview.png" alt="Preview of {{stack['object']}}" draggable="false">
+      <div class="picture" id="picture">
+        <img class="preview" id="preview" src="/stacks/{{stack['id']}}/preview.png" alt="Preview of {{stack['object']}}" draggable="false">
+        <canvas id="stretch-canvas" hidden></canvas>
+      </div>
     </div>
     <div class="viewer-tools">
       <button type="button" class="small ghost" data-zoom="in" aria-label="Zoom in">+</button>
@@ -30,7 +35,18 @@
       <span class="hint" id="zoom-level">100 %</span>
       <a class="hint" href="/stacks/{{stack['id']}}/preview.png" target="_blank" rel="noopener">full-size PNG</a>
     </div>
-    <figcaption class="hint">Click to zoom in, drag to move around, double-click or <b>Fit</b> to see it whole.</figcaption>
+    <div class="stretch" id="stretch" data-stack="{{stack['id']}}" hidden>
+      <label for="stretch-black">Black point</label>
+      <input type="range" id="stretch-black" min="-2" max="12" step="0.1" value="2.8">
+      <output id="stretch-black-value" for="stretch-black"></output>
+      <label for="stretch-strength">Strength</label>
+      <input type="range" id="stretch-strength" min="0" max="100" step="0.5" value="60">
+      <output id="stretch-strength-value" for="stretch-strength"></output>
+      <button type="button" class="small ghost" id="stretch-reset">Reset</button>
+    </div>
+    <figcaption class="hint">Click to zoom in, drag to move around, double-click or <b>Fit</b> to see it whole.
+      Black point: sky sigmas below the sky (lower shows more faint noise); strength: how hard the faint end is lifted.
+      The downloads use what you set here.</figcaption>
   </figure>
 
   <aside class="panel numbers-panel">

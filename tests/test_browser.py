@@ -97,7 +97,7 @@ def test_upload_stack_browse_map_and_download(deployment, page, artifacts, tmp_p
     viewport = page.locator("#viewport")
     box = viewport.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 3)
-    expect(page.locator("#preview")).to_have_attribute("style", re.compile(r"scale\(2\)"))
+    expect(page.locator("#picture")).to_have_attribute("style", re.compile(r"scale\(2\)"))
     expect(viewport).to_have_class(re.compile(r"zoomed"))
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.down()
