@@ -19,7 +19,7 @@ import bottle
 from cheroot import wsgi
 
 from lib import accounts, config, gallery as gallery_lib, groups, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
-from lib import pictures
+from lib import pictures, techcard
 from lib import zipstream
 from lib.fitsheader import FrameError
 from lib.db import release
@@ -276,9 +276,10 @@ def stack_page(stack_id):
     user = user_or_none()
     stack = _visible_stack(user, stack_id)
     frames = stacks.frame_verdicts(svc.db, stack_id)
+    card = techcard.card(stack, techcard.read_header(svc.archive, stack["fits_key"])) if stack["fits_key"] else []
     return page("stack.tpl", title=gallery_lib.page_title(stack), user=user, stack=stack, frames=frames,
                 rejections=gallery_lib.rejections(frames), group=gallery_lib.group_details(svc.db, stack),
-                g=gallery_lib)
+                g=gallery_lib, card=card)
 
 
 @app.get("/stacks/<stack_id:int>/stack.fits")

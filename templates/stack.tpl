@@ -85,6 +85,14 @@
       <dt>Telescope</dt><dd>{{stack['telescope']}}</dd>
       % end
     </dl>
+    % if card:
+    <h2 class="card-head">Technical card</h2>
+    <dl class="numbers technical" id="technical-card">
+      % for label, text in card:
+      <dt>{{label}}</dt><dd>{{text}}</dd>
+      % end
+    </dl>
+    % end
   </aside>
 </div>
 

@@ -33,6 +33,9 @@ def make_stack(deployment, owner: str, *, job_id: int = 5_000_000, obj: str = "M
     for key, value, comment in plan.header_cards():
         primary.header[key] = (value, comment)
     primary.header["OBJECT"] = obj
+    for key, value in (("TELESCOP", "S50_12d98769"), ("INSTRUME", "Seestar S50"), ("FILTER", "IRCUT"),
+                       ("FOCALLEN", 250), ("XPIXSZ", 2.9), ("GAIN", 80), ("EXPTIME", 110.0), ("CCD-TEMP", 23.4)):
+        primary.header[key] = value
     out = io.BytesIO()
     fits.HDUList([primary, fits.ImageHDU(cover, name="COVERAGE")]).writeto(out)
     fits_key, preview_key = f"stacks/chunk/{job_id}/t/stack.fits", f"stacks/chunk/{job_id}/t/preview.png"
@@ -87,6 +90,12 @@ def test_stretch_control_redraws_and_downloads_are_as_shown(deployment, page, ar
     assert picture["width"] >= 0.97 * viewport["width"] and picture["height"] >= 0.97 * viewport["height"]
     assert picture["height"] >= 0.8 * 900
     shot(page, artifacts, "stack-portrait")
+
+    # the technical card: the model, not only the serial, and the FWHM in arcseconds (px × scale)
+    card = page.locator("#technical-card")
+    for text in ("ZWO Seestar S50", "S50_12d98769", "IR-cut", "80", "23.4 °C", "250 mm · 2.39″/px",
+                 "11 used, 1 rejected", "110 s (11 × 10 s)", "7.7″ (3.20 px)"):
+        expect(card).to_contain_text(text)
 
     # the sliders redraw the canvas: a lower black point darkens the sky, more strength lifts it
     set_slider(page, "#stretch-black", 2.8)

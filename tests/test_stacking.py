@@ -485,6 +485,8 @@ def test_three_real_seestar_frames_register_and_stack(tmp_path):
     result.write_fits(tmp_path / "m94.fits")
     header = fits.getheader(tmp_path / "m94.fits")
     assert header["NCOMBINE"] == 3 and "SITELAT" not in header and "SITELONG" not in header
+    temperatures = [fits.getheader(p)["CCD-TEMP"] for p in paths]
+    assert header["CCD-TEMP"] == pytest.approx(float(np.median(temperatures)), abs=0.01)  # the technical card's
     # sky close to neutral after normalisation: channel levels keep the reference's raw colour, their
     # noise is similar, and the stretched preview is grey
     result.write_preview(tmp_path / "m94.png")

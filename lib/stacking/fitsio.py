@@ -41,6 +41,7 @@ class FrameHeader:
     date_obs: datetime
     exptime: float
     carried: tuple[tuple[str, object, str], ...] = field(default=())
+    temperature: float | None = None      # CCD-TEMP, °C
 
     def value(self, keyword: str) -> object | None:
         return next((value for key, value, _ in self.carried if key == keyword), None)
@@ -97,7 +98,10 @@ def read_frame(path: Path) -> tuple[np.ndarray, FrameHeader]:
     if not isinstance(exposure, (int, float)) or exposure <= 0:
         raise FrameReadError("header has no positive EXPTIME or EXPOSURE")
     carried = tuple((key, header[key], header.comments[key]) for key in CARRIED_KEYWORDS if key in header)
-    return np.ascontiguousarray(data), FrameHeader(pattern, data.shape, date_obs, float(exposure), carried)
+    temperature = header.get("CCD-TEMP")
+    temperature = float(temperature) if isinstance(temperature, (int, float)) else None
+    return np.ascontiguousarray(data), FrameHeader(pattern, data.shape, date_obs, float(exposure), carried,
+                                                   temperature)
 
 
 @dataclass(frozen=True)

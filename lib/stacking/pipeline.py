@@ -301,7 +301,7 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
         fits_file = io.BytesIO()
         write_stack(fits_file, image, cover, reference=reference_header, reference_name=names[reference],
                     ncombine=len(used), exptime_total=exptime_total, date_beg=date_beg, date_end=date_end,
-                    frames=rows, history=history, extra_cards=rendering.header_cards())
+                    frames=rows, history=history, extra_cards=rendering.header_cards() + _temperature_card(headers))
         png_bytes = png.result()
     return StackResult(
         frames=verdicts, ncombine=len(used), exptime_total=exptime_total,
@@ -309,6 +309,14 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
         instrument=_text(reference_header.value("INSTRUME")), reference_name=names[reference],
         noise=found.noise, fwhm_px=found.fwhm_px, stars=found.count,
         fits_bytes=fits_file.getvalue(), png_bytes=png_bytes)
+
+
+def _temperature_card(headers: list[FrameHeader]) -> list[tuple[str, object, str]]:
+    """CCD-TEMP of the stack: the median sensor temperature of the combined frames (none if unknown)."""
+    temperatures = [h.temperature for h in headers if h.temperature is not None]
+    if not temperatures:
+        return []
+    return [("CCD-TEMP", round(float(np.median(temperatures)), 2), "[C] median sensor temperature of the frames")]
 
 
 def _finite(value: float) -> float | None:
