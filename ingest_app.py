@@ -271,6 +271,22 @@ def gallery():
                 objects=stacks.objects(svc.db, viewer), owners=gallery_lib.owners(svc.db, viewer))
 
 
+@app.get("/targets")
+def targets_page():
+    user = user_or_none()
+    listing = gallery_lib.targets(svc.db, user["id"] if user else None)
+    return page("targets.tpl", title="Targets", user=user, listing=listing, g=gallery_lib)
+
+
+@app.get("/targets/<name:path>")
+def target_page(name):
+    user = user_or_none()
+    found = gallery_lib.target(svc.db, user["id"] if user else None, name)
+    if found is None:
+        raise HTTPProblem(404, f"no stacks of {name[:128]!r}")
+    return page("target.tpl", title=name, user=user, t=found, g=gallery_lib)
+
+
 @app.get("/stacks/<stack_id:int>")
 def stack_page(stack_id):
     user = user_or_none()

@@ -239,8 +239,8 @@ def group_details(db, stack: dict) -> dict | None:
 
 
 def page_title(stack: dict) -> str:
-    if stack["kind"] == CHUNK and stack.get("chunk_key"):
-        return f"{stack['object']} · {stack['chunk_key']}"
+    if stack["kind"] == CHUNK and stack.get("date_beg"):
+        return f"{stack['object']} · {when_text(stack)}"
     return f"{stack['object']} · {stack['kind']} stack"
 
 
@@ -378,3 +378,71 @@ def zip_name(rows: list[dict]) -> str:
     objects = {r["object"] for r in rows}
     label = "".join(c if c.isalnum() else "_" for c in objects.pop()).strip("_") if len(objects) == 1 else "stacks"
     return f"CrowdSky_{label or 'stacks'}_{len(rows)}.zip"
+
+
+# --- the gallery by target -------------------------------------------------------------------
+
+KIND_ORDER = {DEEP: 0, CROWD: 1, CHUNK: 2}
+
+
+def night_of(date_beg: str | None) -> date | None:
+    """The observing night a UTC start time belongs to: its date 12 h earlier, so that an evening and
+    the morning after are one night (the rule lib/groups.py counts nights by)."""
+    from datetime import datetime
+    try:
+        return (datetime.fromisoformat(str(date_beg).rstrip("Z")) - timedelta(hours=12)).date()
+    except ValueError:
+        return None
+
+
+def _summary(name: str, rows: list[dict]) -> dict:
+    """One target's totals over *rows* (its stacks the viewer may see). Integration, frames and
+    nights are counted on chunk stacks only: deep and crowd stacks re-use the same frames."""
+    chunks = [r for r in rows if r["kind"] == CHUNK]
+    nights = {night_of(r["date_beg"]) for r in chunks} - {None}
+    cover = min(rows, key=lambda r: (KIND_ORDER.get(r["kind"], 3), -(r["exposure_s"] or 0), -r["id"]))
+    if not chunks:  # only deep/crowd stacks are visible: take their own totals
+        nights_n = max((r.get("nights") or 0) for r in rows)
+        exposure = max((r["exposure_s"] or 0) for r in rows)
+        frames = max((r["frames"] or 0) for r in rows)
+    else:
+        nights_n, exposure, frames = len(nights), sum(r["exposure_s"] or 0 for r in chunks), \
+            sum(r["frames"] or 0 for r in chunks)
+    return {"object": name, "exposure_s": exposure, "frames": frames, "nights": nights_n,
+            "stacks": len(rows), "chunks": len(chunks), "cover": cover,
+            "first": min((r["date_beg"] or "") for r in rows), "last": max((r["date_beg"] or "") for r in rows)}
+
+
+def targets(db, viewer_id: int | None) -> list[dict]:
+    """One summary per target (object) the viewer may see a stack of, most recently observed first;
+    see `_summary` for the fields (``cover`` is the stack whose picture stands for the target)."""
+    condition, params = visible_to(db, viewer_id)
+    by_object: dict[str, list[dict]] = {}
+    for row in _query(db, f"{_SELECT} WHERE {condition} ORDER BY s.id", params):
+        by_object.setdefault(row["object"], []).append(row)
+    out = [_summary(name, rows) for name, rows in by_object.items()]
+    return sorted(out, key=lambda t: t["last"], reverse=True)
+
+
+def target(db, viewer_id: int | None, name: str) -> dict | None:
+    """A target's page: its summary, deep stacks, crowd stacks and chunk stacks by night (newest
+    night first, each night's stacks in time order); None when the viewer may see none of it."""
+    condition, params = visible_to(db, viewer_id)
+    rows = _query(db, f"{_SELECT} WHERE {condition} AND s.object = :object ORDER BY s.date_beg, s.id",
+                  params | {"object": name})
+    if not rows:
+        return None
+    nights: dict[date | None, list[dict]] = {}
+    for row in rows:
+        if row["kind"] == CHUNK:
+            nights.setdefault(night_of(row["date_beg"]), []).append(row)
+    return _summary(name, rows) | {
+        "deep": [r for r in rows if r["kind"] == DEEP],
+        "crowd": [r for r in rows if r["kind"] == CROWD],
+        "by_night": sorted(nights.items(), key=lambda item: item[0] or date.min, reverse=True)}
+
+
+def when_text(stack: dict) -> str:
+    """'2025-04-09 20:54 UTC' (start of the stack) for pages, in place of chunk keys and serials."""
+    text = str(stack.get("date_beg") or "")
+    return f"{text[:10]} {text[11:16]} UTC" if len(text) >= 16 else (text[:10] or "–")

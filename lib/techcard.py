@@ -86,6 +86,7 @@ def card(stack: dict, header) -> list[tuple[str, str]]:
     fwhm = stack.get("fwhm_px")
     if fwhm:
         add("FWHM", f"{fwhm * scale:.1f}″ ({fwhm:.2f} px)" if scale else f"{fwhm:.2f} px")
+    add("Chunk key", stack.get("chunk_key"))   # the internal name, for support and the API
     return rows
 
 

@@ -16,6 +16,7 @@
 <header class="top">
   <a class="brand" href="/"><img src="/static/favicon.svg" alt="" width="26" height="26"> CrowdSky</a>
   <nav aria-label="Main" class="main-nav">
+    <a href="/targets" class="{{'here' if here.startswith('/targets') else ''}}">Targets</a>
     <a href="/stacks" class="{{'here' if here.startswith('/stacks') else ''}}">Stacks</a>
     <a href="/map" class="{{'here' if here == '/map' else ''}}">Sky map</a>
     % if user:

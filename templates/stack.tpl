@@ -1,16 +1,17 @@
 % rebase('base.tpl')
 % from urllib.parse import quote
+% from lib.techcard import telescope_model as model
 % total = len(frames) or ((stack['frames'] or 0) + (stack['frames_rejected'] or 0))
 <div class="page-head stack-head">
   <div>
-    <p class="eyebrow"><a href="/stacks?object={{quote(stack['object'])}}">{{stack['object']}}</a> · {{(stack['date_beg'] or '')[:10]}}</p>
+    <p class="eyebrow"><a href="/targets/{{quote(stack['object'])}}">{{stack['object']}}</a> · {{(stack['date_beg'] or '')[:10]}}</p>
     <h1>{{stack['object']}} <span class="tag {{stack['kind']}}">{{stack['kind']}}</span></h1>
     % if stack['kind'] == 'crowd':
     <p class="hint">a community stack · {{g.plural(stack['owners'] or len(group['credits']), 'owner')}} · {{g.plural(stack['nights'] or 0, 'night')}}</p>
     % elif stack['kind'] == 'deep':
     <p class="hint">by {{stack['owner']}} · {{g.plural(stack['nights'] or 0, 'night')}} of one target</p>
     % else:
-    <p class="hint">by {{stack['owner']}} · {{stack['telescope']}} · <code>{{stack['chunk_key']}}</code></p>
+    <p class="hint">by {{stack['owner']}} · {{g.time_span(stack)}}</p>
     % end
   </div>
   <div class="actions">
@@ -82,7 +83,7 @@
       </dd>
       <dt>Pointing</dt><dd>RA {{g.ra_text(stack['ra'])}}<br>Dec {{g.dec_text(stack['dec'])}}</dd>
       % if not group:
-      <dt>Telescope</dt><dd>{{stack['telescope']}}</dd>
+      <dt>Telescope</dt><dd>{{model(stack['telescope'], None)}}</dd>
       % end
     </dl>
     % if card:
@@ -113,7 +114,7 @@
   <ul class="chunk-list">
   % for c in group['chunks']:
     <li><a href="/stacks/{{c['id']}}">{{(c['date_beg'] or '')[:16].replace('T', ' ')}} UTC</a>
-        <span class="hint">{{c['frames']}} frames · {{g.exposure_text(c['exposure_s'])}} · {{c['telescope']}} · {{c['owner']}}</span></li>
+        <span class="hint">{{c['frames']}} frames · {{g.exposure_text(c['exposure_s'])}} · {{model(c['telescope'], None)}} · {{c['owner']}}</span></li>
   % end
   </ul>
 </section>
