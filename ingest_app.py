@@ -214,7 +214,8 @@ def login_submit():
     user = login(form.getunicode("username", ""), form.getunicode("password", ""))
     if user is None:
         bottle.response.status = 401
-        return page("login.tpl", title="Log in", error="wrong user name or password", next=_next_path())
+        return page("login.tpl", title="Log in", error="wrong user name or password", next=_next_path(),
+                    username=form.getunicode("username", "")[:64])
     start_browser_session(svc.db, user["id"], svc.settings.secure_cookies)
     bottle.redirect(_next_path())
 
@@ -291,7 +292,7 @@ def target_page(name):
 def stack_page(stack_id):
     user = user_or_none()
     stack = _visible_stack(user, stack_id)
-    frames = stacks.frame_verdicts(svc.db, stack_id)
+    frames = gallery_lib.frames_in_time_order(svc.db, stack_id)
     card = techcard.card(stack, techcard.read_header(svc.archive, stack["fits_key"])) if stack["fits_key"] else []
     return page("stack.tpl", title=gallery_lib.page_title(stack), user=user, stack=stack, frames=frames,
                 rejections=gallery_lib.rejections(frames), group=gallery_lib.group_details(svc.db, stack),
@@ -399,7 +400,7 @@ def account_page():
 def account_submit():
     user = require_user()
     groups.set_sharing(svc, user["id"], bottle.request.forms.get("share_with_crowd") == "on")
-    bottle.redirect("/account")
+    bottle.redirect("/account?saved=1")
 
 
 # --- JSON API ------------------------------------------------------------------------------
@@ -532,8 +533,8 @@ def api_stack(stack_id):
     stack = _visible_stack(user_or_none(), stack_id)
     view = stacks.api_view(stack)
     view["frame_list"] = [{"filename": f["filename"], "used": bool(f["used"]), "reason": f["reason"],
-                           "fwhm_px": f["fwhm_px"], "stars": f["stars"]}
-                          for f in stacks.frame_verdicts(svc.db, stack_id)]
+                           "fwhm_px": f["fwhm_px"], "stars": f["stars"], "date_obs": f["date_obs"]}
+                          for f in gallery_lib.frames_in_time_order(svc.db, stack_id)]
     if stack["kind"] in (groups.DEEP, groups.CROWD):
         view["contributors"] = groups.credits(svc.db, stack_id)
         view["chunk_stacks"] = groups.contributing_stacks(svc.db, stack_id)

@@ -202,6 +202,14 @@ def time_span(stack: dict) -> str:
     return f"{beg.strftime('%Y-%m-%d %H:%M:%S')} – {end_text} UTC ({length})"
 
 
+def frames_in_time_order(db, stack_id: int) -> list[dict]:
+    """A stack's per-frame verdicts in the order the frames were taken (DATE-OBS), each with its
+    ``date_obs``; frames whose time is unknown come last, in the order they were stacked."""
+    rows = _query(db, "SELECT sf.*, f.date_obs AS date_obs FROM stack_frames sf LEFT JOIN frames f ON f.id = sf.frame_id "
+                      "WHERE sf.stack_id = :stack ORDER BY sf.id", {"stack": stack_id})
+    return sorted(rows, key=lambda r: (r["date_obs"] is None, r["date_obs"] or "", r["id"]))
+
+
 def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 

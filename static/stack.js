@@ -103,7 +103,7 @@
         cross(g, cx(i), top + panelH - r - 3, r + 1.5);
       }
       const title = el("title", {}, g);
-      title.textContent = "#" + (i + 1) + " " + f.filename + "\n" +
+      title.textContent = "#" + (i + 1) + " " + f.filename + (f.date_obs ? "\n" + f.date_obs.slice(0, 19).replace("T", " ") + " UTC" : "") + "\n" +
         (f.used ? "used" : "rejected: " + (f.reason || "no reason given")) +
         (f.fwhm_px !== null ? "\nFWHM " + f.fwhm_px.toFixed(2) + " px" : "") + "\n" + stars + " stars";
     });

@@ -32,7 +32,9 @@
       <button type="submit" class="link">Log out</button>
     </form>
     % else:
-    <a href="/login" class="{{'here' if here == '/login' else ''}}">Log in</a>
+    % from urllib.parse import quote
+    % back = '' if here in ('/', '/login', '/register') else '?next=' + quote(here, safe='/')
+    <a href="/login{{back}}" class="{{'here' if here == '/login' else ''}}">Log in</a>
     <a href="/register" class="button small">Create account</a>
     % end
   </div>

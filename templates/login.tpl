@@ -4,10 +4,13 @@
 % if error:
 <p class="error" role="alert">{{error}}</p>
 % end
-<form method="post" action="/login?next={{next}}" class="stacked">
+% from urllib.parse import quote
+<form method="post" action="/login?next={{quote(next, safe='/')}}" class="stacked">
   <input type="hidden" name="csrf_token" value="{{csrf}}">
-  <label>User name <input name="username" autocomplete="username" required></label>
-  <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+  <label>User name <input name="username" autocomplete="username" value="{{get('username', '')}}" required
+    {{'' if get('username') else 'autofocus'}}></label>
+  <label>Password <input name="password" type="password" autocomplete="current-password" required
+    {{'autofocus' if get('username') else ''}}></label>
   <button type="submit">Log in</button>
 </form>
 <p>New here? <a href="/register">Create an account</a>.</p>

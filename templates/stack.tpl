@@ -138,11 +138,11 @@
   <summary>All {{total}} frames</summary>
   <div class="table-scroll">
   <table class="frames">
-    <thead><tr><th>#</th><th>File</th><th>Used</th><th>Stars</th><th>FWHM (px)</th><th>Reason</th></tr></thead>
+    <thead><tr><th>#</th><th>Taken (UTC)</th><th>File</th><th>Used</th><th>Stars</th><th>FWHM (px)</th><th>Reason</th></tr></thead>
     <tbody>
     % for i, f in enumerate(frames, 1):
     <tr class="{{'used' if f['used'] else 'rejected'}}">
-      <td>{{i}}</td><td class="file">{{f['filename']}}</td><td>{{'yes' if f['used'] else 'no'}}</td>
+      <td>{{i}}</td><td class="taken">{{(f['date_obs'] or '')[:19].replace('T', ' ')}}</td><td class="file">{{f['filename']}}</td><td>{{'yes' if f['used'] else 'no'}}</td>
       <td data-unit="stars">{{f['stars'] if f['stars'] is not None else ''}}</td><td data-unit="px">{{'%.2f' % f['fwhm_px'] if f['fwhm_px'] else ''}}</td>
       <td>{{f['reason'] or ''}}</td>
     </tr>
