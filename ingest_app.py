@@ -19,7 +19,7 @@ import bottle
 from cheroot import wsgi
 
 from lib import accounts, config, gallery as gallery_lib, groups, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
-from lib import pictures, techcard
+from lib import batches, pictures, techcard
 from lib import zipstream
 from lib.fitsheader import FrameError
 from lib.db import release
@@ -242,8 +242,20 @@ def upload_page():
 @app.get("/status")
 def status_page():
     user = require_user()
-    return page("status.tpl", title="Your uploads", user=user,
-                sessions=jobs.owner_sessions(svc.db, user["id"]))
+    sessions = [s for s in jobs.owner_sessions(svc.db, user["id"]) if s["status"] != batches.DISMISSED]
+    return page("status.tpl", title="Your uploads", user=user, sessions=sessions,
+                numbers=batches.numbers(svc.db, user["id"]))
+
+
+@app.post("/batches/<session_id:int>/dismiss")
+def dismiss_batch_form(session_id):
+    user = require_user()
+    check_csrf()
+    try:
+        batches.dismiss_empty(svc.db, user["id"], session_id)
+    except batches.BatchError as exc:
+        raise HTTPProblem(exc.status, str(exc)) from None
+    bottle.redirect("/status")
 
 
 @app.post("/jobs/<job_id:int>/retry")

@@ -29,11 +29,15 @@
 % for session in sessions:
 <section class="session panel" data-session="{{session['id']}}">
   <div class="section-head">
-    <h2>Batch {{session['id']}} <span class="tag {{session['status']}}">{{session['status']}}</span></h2>
+    <h2>Batch {{numbers.get(session['id'], '')}} <span class="tag {{session['status']}}">{{session['status']}}</span></h2>
     <span class="hint">{{when(session['created_at'])}}</span>
   </div>
   % if not session['chunks']:
-  <p class="hint">No frames in this batch.</p>
+  <p class="hint">No frames in this batch.
+  % if session['status'] in ('open', 'expired'):
+    <form method="post" action="/batches/{{session['id']}}/dismiss" class="inline dismiss"><input type="hidden" name="csrf_token" value="{{csrf}}"><button type="submit" class="small ghost">Dismiss</button></form>
+  % end
+  </p>
   % else:
   % if session['status'] == 'open':
   <p class="notice">Waiting for <b>Finalize</b>. <a href="/upload">Continue on the upload page</a>: drop the folder again and only what is missing is sent.</p>

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.test_browser import PASSWORD, register, shot
@@ -124,3 +125,83 @@ def test_account_page_confirms_a_save(deployment, page):
     expect(page.locator("input[name=share_with_crowd]")).to_be_checked()
     page.goto(url + "/account")
     expect(page.locator("[role=status]")).to_have_count(0)           # said after a save, not on every visit
+
+
+def test_batches_are_numbered_per_user_and_an_empty_one_can_be_dismissed(deployment, page):
+    url = deployment.url
+    db = database(deployment)
+    other = deployment.user("early_bird")          # another user's batches come first in the table
+    for _ in range(2):
+        assert other.post("/api/v1/sessions").status_code == 201
+    register(page, url, "lynx")
+    me = user_id(db, "lynx")
+    old = time.time() - 3600
+    first = db["upload_sessions"].insert({"owner_id": me, "status": "expired", "created_at": old,
+                                          "updated_at": old, "finalized_at": None})
+    assert other.post("/api/v1/sessions").status_code == 201
+    second = db["upload_sessions"].insert({"owner_id": me, "status": "open", "created_at": old + 60,
+                                           "updated_at": old + 60, "finalized_at": None})
+    page.goto(url + "/status")
+    headings = page.locator("section.session h2")
+    expect(headings).to_have_count(2)
+    expect(headings.nth(0)).to_contain_text("Batch 2")     # newest first, the owner's own numbers
+    expect(headings.nth(1)).to_contain_text("Batch 1")
+
+    page.locator(f"section[data-session='{first}'] form.dismiss button").click()
+    expect(page).to_have_url(re.compile(r"/status$"))
+    expect(page.locator("section.session")).to_have_count(1)
+    expect(page.locator("section.session h2")).to_contain_text("Batch 2")   # numbers stay
+    page.wait_for_timeout(2500)                                              # the live refresh leaves it so
+    expect(page.locator("section.session")).to_have_count(1)
+    assert db["upload_sessions"].find_one(id=first)["status"] == "dismissed"
+    # a dismissed batch takes no frames: the upload page starts a new batch
+    from tests.frames import small_frame_bytes
+    response = page.request.put(f"{url}/api/v1/sessions/{first}/frames/late.fit", data=small_frame_bytes(seed=4),
+                                headers={"Content-Type": "application/fits",
+                                         "X-CSRF-Token": page.evaluate("document.querySelector('meta[name=csrf-token]').content")})
+    assert response.status == 409
+    assert db["upload_sessions"].find_one(id=second)["status"] == "open"
+
+
+def test_dismiss_refuses_batches_with_frames_and_other_users_batches(deployment):
+    owner, stranger = deployment.user("pyxis"), deployment.user("stranger")
+    from lib import batches
+    db = database(deployment)
+    session = owner.post("/api/v1/sessions").json()["id"]
+    from tests.frames import small_frame_bytes
+    assert owner.put_frame(session, "a.fit", small_frame_bytes(seed=5)).status_code == 201
+    db["upload_sessions"].update({"id": session, "updated_at": time.time() - 3600}, ["id"])
+    with pytest.raises(batches.BatchError, match="has frames") as refused:
+        batches.dismiss_empty(db, user_id(db, "pyxis"), session)
+    assert refused.value.status == 409
+    with pytest.raises(batches.BatchError) as refused:
+        batches.dismiss_empty(db, user_id(db, "stranger"), session)
+    assert refused.value.status == 404
+    assert db["upload_sessions"].find_one(id=session)["status"] == "open"
+
+
+def test_retry_is_offered_only_for_files_that_may_pass(deployment, page):
+    import json
+
+    from tests.frames import small_frame_bytes
+    url = deployment.url
+    register(page, url, "pictor")
+    page.set_input_files("#picker", [{"name": "Light_not_raw.fit", "mimeType": "application/fits",
+                                      "buffer": small_frame_bytes(BAYERPAT=None)}])
+    expect(page.locator("ul.files li.failed")).to_have_count(1, timeout=30_000)
+    retry = page.locator("#retry-failed")
+    expect(retry).to_be_hidden()                         # refused for what it is: a retry cannot help
+
+    pattern = re.compile(r".*/api/v1/sessions/\d+/frames/.*")
+    page.route(pattern, lambda route: route.fulfill(status=503, content_type="application/json",
+                                                     body=json.dumps({"error": "storage is unavailable"})))
+    page.set_input_files("#picker", [{"name": "Light_later.fit", "mimeType": "application/fits",
+                                      "buffer": small_frame_bytes(seed=11)}])
+    expect(page.locator("ul.files li.failed")).to_have_count(2, timeout=30_000)
+    expect(retry).to_be_visible()
+    expect(retry).to_have_text("Retry 1 file that may pass now")
+    page.unroute(pattern)
+    retry.click()
+    expect(page.locator("ul.files li", has_text="Light_later.fit")).to_have_class(re.compile("done"), timeout=20_000)
+    expect(page.locator("ul.files li", has_text="Light_not_raw.fit")).to_have_class(re.compile("failed"))
+    expect(retry).to_be_hidden()
