@@ -88,7 +88,7 @@
     </dl>
     % if card:
     <h2 class="card-head">Technical card</h2>
-    <dl class="numbers technical" id="technical-card">
+    <dl class="technical" id="technical-card">
       % for label, text in card:
       <dt>{{label}}</dt><dd>{{text}}</dd>
       % end
