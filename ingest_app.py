@@ -214,8 +214,7 @@ def login_submit():
     user = login(form.getunicode("username", ""), form.getunicode("password", ""))
     if user is None:
         bottle.response.status = 401
-        return page("login.tpl", title="Log in", error="wrong user name or password", next=_next_path(),
-                    username=form.getunicode("username", "")[:64])
+        return page("login.tpl", title="Log in", error="wrong user name or password", next=_next_path())
     start_browser_session(svc.db, user["id"], svc.settings.secure_cookies)
     bottle.redirect(_next_path())
 

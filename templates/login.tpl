@@ -7,11 +7,10 @@
 % from urllib.parse import quote
 <form method="post" action="/login?next={{quote(next, safe='/')}}" class="stacked">
   <input type="hidden" name="csrf_token" value="{{csrf}}">
-  <label>User name <input name="username" autocomplete="username" value="{{get('username', '')}}" required
-    {{'' if get('username') else 'autofocus'}}></label>
-  <label>Password <input name="password" type="password" autocomplete="current-password" required
-    {{'autofocus' if get('username') else ''}}></label>
+  <label>User name <input name="username" autocomplete="username" required autofocus></label>
+  <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
   <button type="submit">Log in</button>
 </form>
 <p>New here? <a href="/register">Create an account</a>.</p>
 </section>
+<script src="/static/login.js" defer></script>

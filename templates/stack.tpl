@@ -82,7 +82,7 @@
         % end
       </dd>
       <dt>Pointing</dt><dd>RA {{g.ra_text(stack['ra'])}}<br>Dec {{g.dec_text(stack['dec'])}}</dd>
-      % if not group:
+      % if not group and not card:
       <dt>Telescope</dt><dd>{{model(stack['telescope'], None)}}</dd>
       % end
     </dl>
