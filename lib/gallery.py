@@ -454,3 +454,16 @@ def when_text(stack: dict) -> str:
     """'2025-04-09 20:54 UTC' (start of the stack) for pages, in place of chunk keys and serials."""
     text = str(stack.get("date_beg") or "")
     return f"{text[:10]} {text[11:16]} UTC" if len(text) >= 16 else (text[:10] or "–")
+
+
+def block_text(chunk_key: str | None) -> str:
+    """'2025-04-09 20:45–21:00 UTC' from a chunk key 'YYYYMMDD.CC_HPnnnnnn' (CC: the day's 15-minute
+    block); the key itself when it is not one."""
+    match = re.fullmatch(r"(\d{4})(\d{2})(\d{2})\.(\d{1,2})_HP\d+", chunk_key or "")
+    if not match:
+        return chunk_key or "–"
+    year, month, day, block = match.groups()
+    start = int(block) * 15
+    end = start + 15
+    return (f"{year}-{month}-{day} {start // 60:02d}:{start % 60:02d}–"
+            f"{end // 60 % 24:02d}:{end % 60:02d} UTC")

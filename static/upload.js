@@ -251,7 +251,8 @@
     item.frame = frame;
     item.loaded = item.file.size;
     item.fill.style.width = "100%";
-    setState(item, "done", (frame.object || "frame") + " · " + (frame.chunk_key || "in"));
+    const taken = frame.date_obs ? String(frame.date_obs).slice(0, 16).replace("T", " ") + " UTC" : "in";
+    setState(item, "done", (frame.object || "frame") + " · " + taken);
   }
 
   function skip(item, frame) {

@@ -1,5 +1,7 @@
 % rebase('base.tpl')
 % import datetime
+% from lib.gallery import block_text
+% from lib.techcard import telescope_model as model
 % def when(t):
 %   return datetime.datetime.fromtimestamp(t or 0, datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
 % end
@@ -44,12 +46,12 @@
   % end
   <div class="table-scroll">
   <table class="jobs">
-    <thead><tr><th>Chunk</th><th>Object</th><th>Frames</th><th>State</th><th class="progress-col">Progress</th><th></th></tr></thead>
+    <thead><tr><th>Taken</th><th>Object</th><th>Frames</th><th>State</th><th class="progress-col">Progress</th><th></th></tr></thead>
     <tbody>
     % for chunk in session['chunks']:
       % job = chunk['job']
       <tr data-chunk="{{chunk['id']}}">
-        <td><code>{{chunk['chunk_key']}}</code><br><span class="hint">{{chunk['telescope']}}</span></td>
+        <td title="chunk {{chunk['chunk_key']}} · telescope {{chunk['telescope']}}">{{block_text(chunk['chunk_key'])}}<br><span class="hint">{{model(chunk['telescope'], None)}}</span></td>
         <td>{{chunk['object']}}</td>
         <td>{{chunk['frames']}}</td>
         % if job:

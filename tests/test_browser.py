@@ -58,7 +58,7 @@ def test_upload_stack_browse_map_and_download(deployment, page, artifacts, tmp_p
     expect(page.locator("#batch-bar")).to_have_attribute("style", re.compile(r"width: 100(\.0)?%"))
     for row in rows.all():
         expect(row.locator(".fill")).to_have_attribute("style", re.compile(r"width: 100(\.0)?%"))
-        expect(row.locator(".state")).to_contain_text("M 94")
+        expect(row.locator(".state")).to_contain_text("M 94 · 2025-03-27 05:45 UTC")   # a time, not a chunk key
     shot(page, artifacts, "upload")
 
     expect(finalize).to_be_enabled()
@@ -74,6 +74,10 @@ def test_upload_stack_browse_map_and_download(deployment, page, artifacts, tmp_p
     expect(page.locator("td.state").first).to_contain_text("done", timeout=20_000)
     expect(page.locator("td.actions a", has_text="View stack")).to_be_visible()
     expect(page.locator("td.actions button", has_text="Delete")).to_be_visible()
+    chunk_cell = page.locator("table.jobs tbody td").first
+    expect(chunk_cell).to_contain_text("2025-03-27 05:45–06:00 UTC")
+    expect(chunk_cell).to_contain_text("ZWO Seestar S50")
+    expect(chunk_cell).not_to_contain_text("HP0")                  # the chunk key only in the details
     shot(page, artifacts, "status")
 
     # Gallery → stack page: preview, numbers, per-frame chart, zoom, FITS download.
