@@ -4,12 +4,15 @@ numbers per user, dismissing an empty batch, and "Retry failed files" only where
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 
 import pytest
 from playwright.sync_api import expect
 
+from lib import batches
+from tests.frames import small_frame_bytes
 from tests.test_browser import PASSWORD, register, shot
 from tests.test_gallery import database, insert_stacks, user_id
 from tests.test_stack_page import make_stack
@@ -155,7 +158,6 @@ def test_batches_are_numbered_per_user_and_an_empty_one_can_be_dismissed(deploym
     expect(page.locator("section.session")).to_have_count(1)
     assert db["upload_sessions"].find_one(id=first)["status"] == "dismissed"
     # a dismissed batch takes no frames: the upload page starts a new batch
-    from tests.frames import small_frame_bytes
     response = page.request.put(f"{url}/api/v1/sessions/{first}/frames/late.fit", data=small_frame_bytes(seed=4),
                                 headers={"Content-Type": "application/fits",
                                          "X-CSRF-Token": page.evaluate("document.querySelector('meta[name=csrf-token]').content")})
@@ -164,11 +166,10 @@ def test_batches_are_numbered_per_user_and_an_empty_one_can_be_dismissed(deploym
 
 
 def test_dismiss_refuses_batches_with_frames_and_other_users_batches(deployment):
-    owner, stranger = deployment.user("pyxis"), deployment.user("stranger")
-    from lib import batches
+    owner = deployment.user("pyxis")
+    deployment.user("stranger")
     db = database(deployment)
     session = owner.post("/api/v1/sessions").json()["id"]
-    from tests.frames import small_frame_bytes
     assert owner.put_frame(session, "a.fit", small_frame_bytes(seed=5)).status_code == 201
     db["upload_sessions"].update({"id": session, "updated_at": time.time() - 3600}, ["id"])
     with pytest.raises(batches.BatchError, match="has frames") as refused:
@@ -181,9 +182,6 @@ def test_dismiss_refuses_batches_with_frames_and_other_users_batches(deployment)
 
 
 def test_retry_is_offered_only_for_files_that_may_pass(deployment, page):
-    import json
-
-    from tests.frames import small_frame_bytes
     url = deployment.url
     register(page, url, "pictor")
     page.set_input_files("#picker", [{"name": "Light_not_raw.fit", "mimeType": "application/fits",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import time
 
+import cv2
 import numpy as np
 import requests
 from astropy.io import fits
@@ -131,7 +132,6 @@ def test_stretch_control_redraws_and_downloads_are_as_shown(deployment, page, ar
         page.click("#download-tiff")
     tiff_path = tmp_path / "shown.tiff"
     download_info.value.save_as(tiff_path)
-    import cv2
     tiff = cv2.imread(str(tiff_path), cv2.IMREAD_UNCHANGED)
     assert tiff.dtype == np.uint16 and tiff.shape == shown.shape
     assert abs(float(np.median(tiff[..., 1])) / 257 - float(np.median(shown[..., 1]))) <= 2

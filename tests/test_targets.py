@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from lib import gallery
 from tests.test_browser import register, shot
-from tests.test_gallery import database, put_in_archive, user_id
+from tests.test_gallery import database, user_id
 from tests.test_stack_page import make_stack
 
 def add(db, owner_id, job_id, kind, obj, beg, exposure, frames, preview_key, **extra):

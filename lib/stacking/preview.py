@@ -24,7 +24,7 @@ owner's black point and strength; `stretch_rgb` is the reference for that code.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -63,7 +63,6 @@ class Rendering:
     chroma_sigma: float = CHROMA_SIGMA
     stars_balanced: int = 0
     cells_used: int = 0
-    extras: dict = field(default_factory=dict)
 
     def header_cards(self) -> list[tuple[str, object, str]]:
         """(keyword, value, comment) cards that describe this rendering of the linear FITS."""
