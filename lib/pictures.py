@@ -5,7 +5,8 @@ and strength.
 Both start from the linear FITS and the rendering recorded in its header (lib/stacking/preview.py:
 crop, sky model, white balance, chroma noise reduction); a stack written before the header carried
 those factors gets them measured afresh. The rendition is cached on the app's machine
-($DATA_DIR/cache/pictures), keyed like the thumbnails by stack id and a hash of the FITS key.
+($DATA_DIR/cache/pictures), keyed like the thumbnails by stack id and a hash of the FITS key;
+`prune_renditions` drops those of stacks gone or restacked and those unused for a month.
 
 Rendition format (GET /stacks/<id>/rendition.bin): little-endian uint16 R, G, B interleaved, rows top
 to bottom as shown (the FITS's first row at the bottom), at most RENDITION_SIDE px on the long side;
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,7 +153,9 @@ def rendition(archive, cache_dir: Path, stack: dict) -> tuple[dict, bytes]:
     try:
         raw = path.read_bytes()
         head, _, data = raw.partition(b"\n")
-        return json.loads(head), data
+        meta = json.loads(head)
+        os.utime(path)           # last used: what prune_renditions goes by
+        return meta, data
     except (OSError, ValueError):
         pass
     image, cover, header = read_stack(archive, stack)
@@ -174,3 +178,23 @@ def rendition_cache(settings) -> Path:
 def rendition_name(stack: dict) -> str:
     tag = hashlib.sha256(stack["fits_key"].encode()).hexdigest()[:16]
     return f"{stack['id']}-{tag}.rendition"
+
+
+def prune_renditions(db, cache_dir: Path, unused_s: float = 30 * 86400.0, min_age_s: float = 3600.0) -> list[str]:
+    """Delete cached renditions no stack has any more (restacked or deleted; older than min_age_s, so
+    one written for a stack newer than this look at the table stays), those not used for unused_s,
+    and half-written files. Returns the names deleted. The janitor's hourly thumbnail pruning is the
+    place to call it from."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    current = {rendition_name(row) for row in db.query("SELECT id, fits_key FROM stacks WHERE fits_key IS NOT NULL")}
+    now = time.time()
+    deleted = []
+    for path in cache_dir.iterdir():
+        age = now - path.stat().st_mtime
+        stale = path.suffix == ".part" or (path.suffix == ".rendition" and path.name not in current)
+        if (stale and age > min_age_s) or (path.suffix == ".rendition" and age > unused_s):
+            path.unlink(missing_ok=True)
+            deleted.append(path.name)
+    return deleted

@@ -8,6 +8,7 @@ archive folder with a stack row. Screenshots go to test-artifacts/.
 from __future__ import annotations
 
 import io
+import os
 import time
 
 import cv2
@@ -17,6 +18,7 @@ from astropy.io import fits
 from PIL import Image
 from playwright.sync_api import expect
 
+from lib import pictures
 from lib.stacking import preview
 from tests.test_browser import register, shot
 from tests.test_gallery import database, put_in_archive, user_id
@@ -157,3 +159,33 @@ def test_picture_downloads_refuse_bad_settings_and_hide_private_stacks(deploymen
 
 def _cookies(page) -> dict:
     return {c["name"]: c["value"] for c in page.context.cookies()}
+
+
+def test_rendition_cache_is_pruned_of_stacks_gone_and_unused(deployment, tmp_path):
+    db = database(deployment)
+    owner = deployment.user("cetus").username
+    stack_id = make_stack(deployment, owner, job_id=5_000_200)
+    stack = db["stacks"].find_one(id=stack_id)
+    cache = tmp_path / "pictures"
+    meta, data = pictures.rendition(pictures_archive(deployment), cache, stack)
+    assert len(data) == meta["width"] * meta["height"] * 6
+    current = cache / pictures.rendition_name(stack)
+    gone = cache / pictures.rendition_name({"id": stack_id, "fits_key": "stacks/chunk/old/stack.fits"})
+    fresh_gone = cache / pictures.rendition_name({"id": stack_id + 1, "fits_key": "stacks/chunk/new/stack.fits"})
+    for path in (gone, fresh_gone):
+        path.write_bytes(b"{}\n")
+    hour_ago = time.time() - 7200
+    os.utime(gone, (hour_ago, hour_ago))
+    assert pictures.prune_renditions(db, cache) == [gone.name]          # the current one and a fresh one stay
+    month_ago = time.time() - 31 * 86400
+    os.utime(current, (month_ago, month_ago))
+    assert pictures.rendition(pictures_archive(deployment), cache, stack)[0] == meta   # a use renews it
+    assert pictures.prune_renditions(db, cache) == []
+    os.utime(current, (month_ago, month_ago))
+    assert pictures.prune_renditions(db, cache) == [current.name]
+
+
+def pictures_archive(deployment):
+    """The deployment's archive (local folder storage), opened as the app opens it."""
+    from lib.storage import FileStorage
+    return FileStorage(deployment.data_dir / "archive", "archive")
