@@ -61,6 +61,19 @@ def test_sky_map_zooms_at_the_view_centre_and_keeps_dots_and_labels_small(deploy
     ra = lambda text: re.search(r"RA (\S+h \S+m)", text).group(1)   # noqa: E731
     dec = lambda text: re.search(r"Dec (\S+°)", text).group(1)       # noqa: E731
     assert ra(after) == ra(before) and dec(after) == dec(before), (before, after)
+
+    # the same after dragging the map aside in Pan mode, and for "−"
+    page.click("#mode-pan")
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.35, steps=6)
+    page.mouse.up()
+    for button in ("#zoom-in", "#zoom-out"):
+        before = centre_coords(page)
+        page.click(button)
+        page.wait_for_timeout(600)
+        after = centre_coords(page)
+        assert ra(after) == ra(before) and dec(after) == dec(before), (button, before, after)
     shot(page, artifacts, "map-zoomed")
 
 
