@@ -304,10 +304,10 @@ def stack_page(stack_id):
     user = user_or_none()
     stack = _visible_stack(user, stack_id)
     frames = gallery_lib.frames_in_time_order(svc.db, stack_id)
-    card = techcard.card(stack, techcard.read_header(svc.archive, stack["fits_key"])) if stack["fits_key"] else []
+    header = techcard.read_header(svc.archive, stack["fits_key"]) if stack["fits_key"] else None
     return page("stack.tpl", title=gallery_lib.page_title(stack), user=user, stack=stack, frames=frames,
                 rejections=gallery_lib.rejections(frames), group=gallery_lib.group_details(svc.db, stack),
-                g=gallery_lib, card=card)
+                g=gallery_lib, card=techcard.card(stack, header), stretch=pictures.stretch_defaults(header))
 
 
 @app.get("/stacks/<stack_id:int>/stack.fits")

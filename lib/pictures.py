@@ -63,6 +63,17 @@ class Settings:
         return cls(number("black", *BLACK_RANGE), number("strength", *STRENGTH_RANGE))
 
 
+def stretch_defaults(header) -> dict | None:
+    """The preview's own black point (sky sigmas) and strength from a stack's header, for the stack
+    page's sliders before the rendition is loaded; None for a stack whose header has no rendering."""
+    from lib.stacking.preview import Rendering
+
+    plan = Rendering.from_header(header) if header is not None else None
+    if plan is None or not plan.noise > 0:
+        return None
+    return {"black": round(-plan.black / plan.noise, 1), "strength": plan.strength}
+
+
 def read_stack(archive, stack: dict):
     """(image (3, H, W) float32, coverage (H, W) or None, primary header) of a stack's FITS."""
     from astropy.io import fits

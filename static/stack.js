@@ -195,33 +195,51 @@
 
   function changed() {
     updateLinks();
+    if (!meta) { wanted = true; load(); return; }
     if (!pending) { pending = true; requestAnimationFrame(redraw); }
   }
 
+  // where the sliders start: the preview's own stretch, from the FITS header (the page) or the rendition
+  const defaults = box.dataset.black ? {black: parseFloat(box.dataset.black), strength: parseFloat(box.dataset.strength)} : null;
+  let loading = null, wanted = false;
+
   function reset() {
-    blackInput.value = (-meta.black / meta.noise).toFixed(1);
-    strengthInput.value = fromBeta(meta.strength).toFixed(1);
+    const d = defaults || (meta && {black: -meta.black / meta.noise, strength: meta.strength});
+    if (!d) return;
+    blackInput.value = d.black.toFixed(1);
+    strengthInput.value = fromBeta(d.strength).toFixed(1);
     updateLinks();
     canvas.hidden = true;       // the preview PNG itself: full resolution, the same stretch
     delete picture.dataset.stretched;
   }
 
-  fetch("/stacks/" + stack + "/rendition.bin", {credentials: "same-origin"})
-    .then((r) => r.ok ? Promise.all([r.headers.get("X-Rendition"), r.arrayBuffer()]) : Promise.reject(new Error(r.statusText)))
-    .then(([header, buffer]) => {
-      meta = JSON.parse(header);
-      pixels = new Uint16Array(buffer);   // little-endian, as every browser's typed arrays are
-      canvas.width = meta.width;
-      canvas.height = meta.height;
-      image = canvas.getContext("2d").createImageData(meta.width, meta.height);
-      reset();
-      blackInput.addEventListener("input", changed);
-      strengthInput.addEventListener("input", changed);
-      document.getElementById("stretch-reset").addEventListener("click", reset);
-      box.hidden = false;
-      box.dataset.ready = "1";
-    })
-    .catch(() => { box.hidden = true; });
+  // The rendition (a few MB) is fetched when the owner first reaches for a slider, not on every view.
+  function load() {
+    if (loading) return loading;
+    box.dataset.loading = "1";
+    loading = fetch("/stacks/" + stack + "/rendition.bin", {credentials: "same-origin"})
+      .then((r) => r.ok ? Promise.all([r.headers.get("X-Rendition"), r.arrayBuffer()]) : Promise.reject(new Error(r.statusText)))
+      .then(([header, buffer]) => {
+        meta = JSON.parse(header);
+        pixels = new Uint16Array(buffer);   // little-endian, as every browser's typed arrays are
+        canvas.width = meta.width;
+        canvas.height = meta.height;
+        image = canvas.getContext("2d").createImageData(meta.width, meta.height);
+        delete box.dataset.loading;
+        box.dataset.ready = "1";
+        if (!defaults) reset();
+        if (wanted) changed();
+      })
+      .catch(() => { box.hidden = true; });
+    return loading;
+  }
+
+  blackInput.addEventListener("input", changed);
+  strengthInput.addEventListener("input", changed);
+  document.getElementById("stretch-reset").addEventListener("click", reset);
+  for (const type of ["pointerdown", "focusin"]) box.addEventListener(type, load);
+  if (defaults) reset();
+  else load().then(() => { box.hidden = false; });   // a stack from before headers carried its stretch
 
   // the picture's own orientation: a portrait stack gets a tall, narrow viewer beside the numbers
   function orient() {

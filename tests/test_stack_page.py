@@ -80,9 +80,12 @@ def test_stretch_control_redraws_and_downloads_are_as_shown(deployment, page, ar
     page.on("pageerror", lambda e: problems.append(str(e)))
     register(page, url, "carina")
     stack_id = make_stack(deployment, "carina")
+    renditions = []
+    page.on("request", lambda r: renditions.append(r.url) if "rendition.bin" in r.url else None)
     page.goto(f"{url}/stacks/{stack_id}")
     stretch = page.locator("#stretch")
-    expect(stretch).to_have_attribute("data-ready", "1", timeout=30_000)
+    expect(stretch).to_be_visible()
+    expect(page.locator("#stretch-black-value")).to_have_text("2.8 σ")   # the preview's own, from the header
     canvas = page.locator("#stretch-canvas")
     expect(canvas).to_be_hidden()                        # until touched, the full-size preview PNG is shown
 
@@ -101,7 +104,9 @@ def test_stretch_control_redraws_and_downloads_are_as_shown(deployment, page, ar
         expect(card).to_contain_text(text)
 
     # the sliders redraw the canvas: a lower black point darkens the sky, more strength lifts it
+    assert renditions == []                              # fetched only when someone reaches for a slider
     set_slider(page, "#stretch-black", 2.8)
+    assert len(renditions) == 1
     expect(canvas).to_be_visible()
     default_sky = page.evaluate(SKY_MEDIAN)
     assert 30 <= default_sky <= 64                       # the preview's own stretch: sky at ~20 % grey
