@@ -396,6 +396,15 @@
     $("resume").hidden = true;
   }
 
+  // "2025-04-09 20:45 UTC" from a chunk key YYYYMMDD.CC_HP… (CC: the day's 15-minute block)
+  function blockText(key) {
+    const m = /^(\d{4})(\d{2})(\d{2})\.(\d{1,2})_/.exec(key || "");
+    if (!m) return key || "one chunk";
+    const minutes = 15 * parseInt(m[4], 10);
+    const pad = (n) => String(n).padStart(2, "0");
+    return m[1] + "-" + m[2] + "-" + m[3] + " " + pad(Math.floor(minutes / 60)) + ":" + pad(minutes % 60) + " UTC";
+  }
+
   finalizeButton.addEventListener("click", async () => {
     finalizeButton.disabled = true;
     try {
@@ -406,7 +415,7 @@
       result.hidden = false;
       result.className = "notice success";
       result.textContent = "Queued " + plural(data.jobs.length, "stacking job") + " (" +
-        data.jobs.map((j) => plural(j.frames, "frame") + " in " + j.chunk_key).join(", ") + "). ";
+        data.jobs.map((j) => plural(j.frames, "frame") + " from " + blockText(j.chunk_key)).join(", ") + "). ";
       const link = document.createElement("a");
       link.href = "/status";
       link.textContent = "Follow them on the status page.";

@@ -63,7 +63,7 @@ def test_upload_stack_browse_map_and_download(deployment, page, artifacts, tmp_p
 
     expect(finalize).to_be_enabled()
     finalize.click()
-    expect(page.locator("#result")).to_contain_text("Queued 1 stacking job")
+    expect(page.locator("#result")).to_contain_text("Queued 1 stacking job (3 frames from 2025-03-27 05:45 UTC)")
     assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('crowdsky.upload'))") == []
 
     # The status page follows the job live: no reload needed to see it finish.
