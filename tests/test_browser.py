@@ -164,7 +164,7 @@ def test_upload_stack_browse_map_and_download(deployment, page, artifacts, tmp_p
 
     # The same pages at phone width.
     page.set_viewport_size(PHONE)
-    for path, name in (("/", "home-phone"), ("/stacks", "gallery-phone"), ("/upload", "upload-phone"),
+    for path, name in (("/", "home-phone"), ("/targets", "targets-phone"), ("/stacks", "gallery-phone"), ("/upload", "upload-phone"),
                        ("/status", "status-phone"), ("/map", "map-phone")):
         page.goto(url + path)
         page.wait_for_load_state("networkidle")
