@@ -36,11 +36,8 @@
       <span class="hint" id="zoom-level">100 %</span>
       <a class="hint" href="/stacks/{{stack['id']}}/preview.png" target="_blank" rel="noopener">full-size PNG</a>
     </div>
-    % if stretch:
-    <div class="stretch" id="stretch" data-stack="{{stack['id']}}" data-black="{{stretch['black']}}" data-strength="{{stretch['strength']}}">
-    % else:
-    <div class="stretch" id="stretch" data-stack="{{stack['id']}}" hidden>
-    % end
+    % # the sliders start at the preview's own stretch (numbers from the FITS header); without it, stack.js asks
+    <div class="stretch" id="stretch" data-stack="{{stack['id']}}" {{!('data-black="%.1f" data-strength="%.3f"' % (stretch['black'], stretch['strength'])) if stretch else 'hidden'}}>
       <label for="stretch-black">Black point</label>
       <input type="range" id="stretch-black" min="-2" max="12" step="0.1" value="2.8">
       <output id="stretch-black-value" for="stretch-black"></output>
