@@ -6,6 +6,7 @@ Routes are thin: parse the request, call ``lib``, render a page or JSON. Run it 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 import bottle
 
 from lib import accounts, config, gallery as gallery_lib, groups, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
-from lib import serving, zipstream
+from lib import batches, pictures, serving, techcard, zipstream
 from lib.fitsheader import FrameError
 from lib.db import release
 from lib.services import Services
@@ -312,8 +313,20 @@ def upload_page():
 @app.get("/status")
 def status_page():
     user = require_user()
-    return page("status.tpl", title="Your uploads", user=user,
-                sessions=jobs.owner_sessions(svc.db, user["id"]), stackers=stacker_state())
+    sessions = [s for s in jobs.owner_sessions(svc.db, user["id"]) if s["status"] != batches.DISMISSED]
+    return page("status.tpl", title="Your uploads", user=user, sessions=sessions,
+                numbers=batches.numbers(svc.db, user["id"]), stackers=stacker_state())
+
+
+@app.post("/batches/<session_id:int>/dismiss")
+def dismiss_batch_form(session_id):
+    user = require_user()
+    check_csrf()
+    try:
+        batches.dismiss_empty(svc.db, user["id"], session_id)
+    except batches.BatchError as exc:
+        raise HTTPProblem(exc.status, str(exc)) from None
+    bottle.redirect("/status")
 
 
 @app.post("/jobs/<job_id:int>/retry")
@@ -349,14 +362,31 @@ def gallery():
                 objects=stacks.objects(svc.db, viewer), owners=gallery_lib.owners(svc.db, viewer))
 
 
+@app.get("/targets")
+def targets_page():
+    user = user_or_none()
+    listing = gallery_lib.targets(svc.db, user["id"] if user else None)
+    return page("targets.tpl", title="Targets", user=user, listing=listing, g=gallery_lib)
+
+
+@app.get("/targets/<name:path>")
+def target_page(name):
+    user = user_or_none()
+    found = gallery_lib.target(svc.db, user["id"] if user else None, name)
+    if found is None:
+        raise HTTPProblem(404, f"no stacks of {name[:128]!r}")
+    return page("target.tpl", title=name, user=user, t=found, g=gallery_lib)
+
+
 @app.get("/stacks/<stack_id:int>")
 def stack_page(stack_id):
     user = user_or_none()
     stack = _visible_stack(user, stack_id)
-    frames = stacks.frame_verdicts(svc.db, stack_id)
+    frames = gallery_lib.frames_in_time_order(svc.db, stack_id)
+    header = techcard.read_header(svc.archive, stack["fits_key"]) if stack["fits_key"] else None
     return page("stack.tpl", title=gallery_lib.page_title(stack), user=user, stack=stack, frames=frames,
                 rejections=gallery_lib.rejections(frames), group=gallery_lib.group_details(svc.db, stack),
-                g=gallery_lib)
+                g=gallery_lib, card=techcard.card(stack, header), stretch=pictures.stretch_defaults(header))
 
 
 @app.get("/stacks/<stack_id:int>/stack.fits")
@@ -382,6 +412,32 @@ def stack_thumbnail(stack_id):
         bottle.response.content_type = "image/jpeg"
         return thumb
     return bottle.static_file(thumb.name, root=str(thumb.parent), mimetype="image/jpeg")
+
+
+@app.get("/stacks/<stack_id:int>/rendition.bin")
+def stack_rendition(stack_id):
+    """The 16-bit calibrated picture the stack page's stretch control redraws (format: lib/pictures.py)."""
+    stack = _visible_stack(user_or_none(), stack_id)
+    meta, data = pictures.rendition(svc.archive, pictures.rendition_cache(svc.settings), stack)
+    bottle.response.content_type = "application/octet-stream"
+    bottle.response.set_header("X-Rendition", json.dumps(meta))
+    bottle.response.set_header("Cache-Control", "private, max-age=3600")
+    return data
+
+
+@app.get("/stacks/<stack_id:int>/picture.<fmt:re:jpg|tiff>")
+def stack_picture(stack_id, fmt):
+    """The full-size picture as shown, with ?black= (sky sigmas below the sky) and ?strength= (asinh β)."""
+    stack = _visible_stack(user_or_none(), stack_id)
+    try:
+        settings = pictures.Settings.from_query(bottle.request.query)
+    except pictures.PictureError as exc:
+        raise HTTPProblem(400, str(exc)) from None
+    data = pictures.download(svc.archive, stack, settings, fmt)
+    bottle.response.content_type = "image/jpeg" if fmt == "jpg" else "image/tiff"
+    bottle.response.set_header("Content-Disposition",
+                               f'attachment; filename="{pictures.download_name(stack, fmt)}"')
+    return data
 
 
 @app.route("/stacks.zip", method=["GET", "POST"])
@@ -434,7 +490,7 @@ def account_page():
 def account_submit():
     user = require_user()
     groups.set_sharing(svc, user["id"], bottle.request.forms.get("share_with_crowd") == "on")
-    bottle.redirect("/account")
+    bottle.redirect("/account?saved=1")
 
 
 # --- JSON API ------------------------------------------------------------------------------
@@ -594,8 +650,8 @@ def api_stack(stack_id):
     stack = _visible_stack(user_or_none(), stack_id)
     view = stacks.api_view(stack)
     view["frame_list"] = [{"filename": f["filename"], "used": bool(f["used"]), "reason": f["reason"],
-                           "fwhm_px": f["fwhm_px"], "stars": f["stars"]}
-                          for f in stacks.frame_verdicts(svc.db, stack_id)]
+                           "fwhm_px": f["fwhm_px"], "stars": f["stars"], "date_obs": f["date_obs"]}
+                          for f in gallery_lib.frames_in_time_order(svc.db, stack_id)]
     if stack["kind"] in (groups.DEEP, groups.CROWD):
         view["contributors"] = groups.credits(svc.db, stack_id)
         view["chunk_stacks"] = groups.contributing_stacks(svc.db, stack_id)

@@ -202,6 +202,14 @@ def time_span(stack: dict) -> str:
     return f"{beg.strftime('%Y-%m-%d %H:%M:%S')} – {end_text} UTC ({length})"
 
 
+def frames_in_time_order(db, stack_id: int) -> list[dict]:
+    """A stack's per-frame verdicts in the order the frames were taken (DATE-OBS), each with its
+    ``date_obs``; frames whose time is unknown come last, in the order they were stacked."""
+    rows = _query(db, "SELECT sf.*, f.date_obs AS date_obs FROM stack_frames sf LEFT JOIN frames f ON f.id = sf.frame_id "
+                      "WHERE sf.stack_id = :stack ORDER BY sf.id", {"stack": stack_id})
+    return sorted(rows, key=lambda r: (r["date_obs"] is None, r["date_obs"] or "", r["id"]))
+
+
 def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
@@ -239,8 +247,8 @@ def group_details(db, stack: dict) -> dict | None:
 
 
 def page_title(stack: dict) -> str:
-    if stack["kind"] == CHUNK and stack.get("chunk_key"):
-        return f"{stack['object']} · {stack['chunk_key']}"
+    if stack["kind"] == CHUNK and stack.get("date_beg"):
+        return f"{stack['object']} · {when_text(stack)}"
     return f"{stack['object']} · {stack['kind']} stack"
 
 
@@ -378,3 +386,84 @@ def zip_name(rows: list[dict]) -> str:
     objects = {r["object"] for r in rows}
     label = "".join(c if c.isalnum() else "_" for c in objects.pop()).strip("_") if len(objects) == 1 else "stacks"
     return f"CrowdSky_{label or 'stacks'}_{len(rows)}.zip"
+
+
+# --- the gallery by target -------------------------------------------------------------------
+
+KIND_ORDER = {DEEP: 0, CROWD: 1, CHUNK: 2}
+
+
+def night_of(date_beg: str | None) -> date | None:
+    """The observing night a UTC start time belongs to: its date 12 h earlier, so that an evening and
+    the morning after are one night (the rule lib/groups.py counts nights by)."""
+    from datetime import datetime
+    try:
+        return (datetime.fromisoformat(str(date_beg).rstrip("Z")) - timedelta(hours=12)).date()
+    except ValueError:
+        return None
+
+
+def _summary(name: str, rows: list[dict]) -> dict:
+    """One target's totals over *rows* (its stacks the viewer may see). Integration, frames and
+    nights are counted on chunk stacks only: deep and crowd stacks re-use the same frames."""
+    chunks = [r for r in rows if r["kind"] == CHUNK]
+    nights = {night_of(r["date_beg"]) for r in chunks} - {None}
+    cover = min(rows, key=lambda r: (KIND_ORDER.get(r["kind"], 3), -(r["exposure_s"] or 0), -r["id"]))
+    if not chunks:  # only deep/crowd stacks are visible: take their own totals
+        nights_n = max((r.get("nights") or 0) for r in rows)
+        exposure = max((r["exposure_s"] or 0) for r in rows)
+        frames = max((r["frames"] or 0) for r in rows)
+    else:
+        nights_n, exposure, frames = len(nights), sum(r["exposure_s"] or 0 for r in chunks), \
+            sum(r["frames"] or 0 for r in chunks)
+    return {"object": name, "exposure_s": exposure, "frames": frames, "nights": nights_n,
+            "stacks": len(rows), "chunks": len(chunks), "cover": cover,
+            "first": min((r["date_beg"] or "") for r in rows), "last": max((r["date_beg"] or "") for r in rows)}
+
+
+def targets(db, viewer_id: int | None) -> list[dict]:
+    """One summary per target (object) the viewer may see a stack of, most recently observed first;
+    see `_summary` for the fields (``cover`` is the stack whose picture stands for the target)."""
+    condition, params = visible_to(db, viewer_id)
+    by_object: dict[str, list[dict]] = {}
+    for row in _query(db, f"{_SELECT} WHERE {condition} ORDER BY s.id", params):
+        by_object.setdefault(row["object"], []).append(row)
+    out = [_summary(name, rows) for name, rows in by_object.items()]
+    return sorted(out, key=lambda t: t["last"], reverse=True)
+
+
+def target(db, viewer_id: int | None, name: str) -> dict | None:
+    """A target's page: its summary, deep stacks, crowd stacks and chunk stacks by night (newest
+    night first, each night's stacks in time order); None when the viewer may see none of it."""
+    condition, params = visible_to(db, viewer_id)
+    rows = _query(db, f"{_SELECT} WHERE {condition} AND s.object = :object ORDER BY s.date_beg, s.id",
+                  params | {"object": name})
+    if not rows:
+        return None
+    nights: dict[date | None, list[dict]] = {}
+    for row in rows:
+        if row["kind"] == CHUNK:
+            nights.setdefault(night_of(row["date_beg"]), []).append(row)
+    return _summary(name, rows) | {
+        "deep": [r for r in rows if r["kind"] == DEEP],
+        "crowd": [r for r in rows if r["kind"] == CROWD],
+        "by_night": sorted(nights.items(), key=lambda item: item[0] or date.min, reverse=True)}
+
+
+def when_text(stack: dict) -> str:
+    """'2025-04-09 20:54 UTC' (start of the stack) for pages, in place of chunk keys and serials."""
+    text = str(stack.get("date_beg") or "")
+    return f"{text[:10]} {text[11:16]} UTC" if len(text) >= 16 else (text[:10] or "–")
+
+
+def block_text(chunk_key: str | None) -> str:
+    """'2025-04-09 20:45–21:00 UTC' from a chunk key 'YYYYMMDD.CC_HPnnnnnn' (CC: the day's 15-minute
+    block); the key itself when it is not one."""
+    match = re.fullmatch(r"(\d{4})(\d{2})(\d{2})\.(\d{1,2})_HP\d+", chunk_key or "")
+    if not match:
+        return chunk_key or "–"
+    year, month, day, block = match.groups()
+    start = int(block) * 15
+    end = start + 15
+    return (f"{year}-{month}-{day} {start // 60:02d}:{start % 60:02d}–"
+            f"{end // 60 % 24:02d}:{end % 60:02d} UTC")

@@ -123,13 +123,15 @@
     zoomLayer.attr("transform", transform);
     const k = transform.k;
     svg.classed("zoomed-in", k >= 3);
-    labelLayer.selectAll("text").attr("font-size", 11 / k);
-    pointLayer.selectAll("circle").attr("r", (b) => radius(b) / Math.sqrt(k)).attr("stroke-width", 1.2 / k);
+    // labels and dots keep their size on screen whatever the zoom: drawn at 1/k in a layer scaled k
+    // (a style, not an attribute: the stylesheet's font-size would override an attribute)
+    labelLayer.selectAll("text").style("font-size", (11 / k) + "px");
+    pointLayer.selectAll("circle").attr("r", (b) => radius(b) / k);
     drawBox();
   }
 
   function radius(bin) { return 3.2 + 2.4 * Math.sqrt(bin.stacks.length); }
-  function screenRadius(bin) { return radius(bin) * Math.sqrt(transform.k); }   // drawn r is radius/√k in a layer scaled k
+  function screenRadius(bin) { return radius(bin); }   // drawn r is radius/k in a layer scaled k
 
   function inWindow(s) {
     return !windowRange || (s.date && s.date >= windowRange[0] && s.date <= windowRange[1]);

@@ -103,7 +103,7 @@
         cross(g, cx(i), top + panelH - r - 3, r + 1.5);
       }
       const title = el("title", {}, g);
-      title.textContent = "#" + (i + 1) + " " + f.filename + "\n" +
+      title.textContent = "#" + (i + 1) + " " + f.filename + (f.date_obs ? "\n" + f.date_obs.slice(0, 19).replace("T", " ") + " UTC" : "") + "\n" +
         (f.used ? "used" : "rejected: " + (f.reason || "no reason given")) +
         (f.fwhm_px !== null ? "\nFWHM " + f.fwhm_px.toFixed(2) + " px" : "") + "\n" + stars + " stars";
     });
@@ -126,4 +126,125 @@
 
   let pending = null;
   window.addEventListener("resize", () => { clearTimeout(pending); pending = setTimeout(draw, 150); });
+})();
+
+// Stack page: the stretch control. The server sends the calibrated picture once, 16-bit
+// (GET /stacks/<id>/rendition.bin, format in lib/pictures.py); every move of a slider redraws it on a
+// canvas laid over the PNG preview, with the same stretch as lib/stacking/preview.py stretch_rgb:
+//   shifted = max((v - black) / (white - black), 0) per channel, M = brightest channel,
+//   out = shifted * asinh(β·min(M, 1)) / (asinh(β)·M)
+// The "as shown" download links carry the same black point and strength to the server.
+(function () {
+  const box = document.getElementById("stretch");
+  const picture = document.getElementById("picture");
+  if (!box || !picture) return;
+  const img = document.getElementById("preview");
+  const canvas = document.getElementById("stretch-canvas");
+  const blackInput = document.getElementById("stretch-black");
+  const strengthInput = document.getElementById("stretch-strength");
+  const blackOut = document.getElementById("stretch-black-value");
+  const strengthOut = document.getElementById("stretch-strength-value");
+  const links = [...document.querySelectorAll("[data-as-shown]")];
+  const stack = box.dataset.stack;
+  let meta = null, pixels = null, image = null, pending = false;
+
+  // strength slider: 0..100 ↔ β = 10^(0.5 + 4.5·t/100), 3 .. 100 000 on a log scale
+  const toBeta = (t) => Math.pow(10, 0.5 + 4.5 * t / 100);
+  const fromBeta = (b) => Math.max(0, Math.min(100, (Math.log10(b) - 0.5) / 4.5 * 100));
+
+  function settings() {
+    return {black: parseFloat(blackInput.value), strength: toBeta(parseFloat(strengthInput.value))};
+  }
+
+  function updateLinks() {
+    const s = settings();
+    const query = "?black=" + s.black.toFixed(2) + "&strength=" + s.strength.toFixed(1);
+    for (const a of links) a.href = a.dataset.asShown + query;
+    blackOut.textContent = s.black.toFixed(1) + " σ";
+    strengthOut.textContent = s.strength < 100 ? s.strength.toFixed(1) : Math.round(s.strength);
+  }
+
+  function redraw() {
+    pending = false;
+    if (!meta) return;
+    const s = settings();
+    const scale = (meta.hi - meta.lo) / 65535;
+    const black = -s.black * meta.noise, span = Math.max(meta.white - black, 1e-12);
+    // shifted = v·a + b, clipped at 0; the factor depends only on M, a 16-bit value: a table
+    const a = scale / span, b = (meta.lo - black) / span;
+    const norm = Math.asinh(s.strength), beta = s.strength;
+    const table = new Float32Array(65536);
+    for (let v = 0; v < 65536; v++) {
+      const m = v * a + b;
+      table[v] = m > 1e-7 ? 255 * Math.asinh(beta * Math.min(m, 1)) / (norm * m) : 255 * beta / norm;
+    }
+    const out = image.data, n = meta.width * meta.height;
+    for (let i = 0, j = 0; i < n; i++, j += 3) {
+      const r = pixels[j], g = pixels[j + 1], bl = pixels[j + 2];
+      const f = table[r > g ? (r > bl ? r : bl) : (g > bl ? g : bl)];
+      const k = i * 4;
+      out[k] = Math.max(0, r * a + b) * f + 0.5;
+      out[k + 1] = Math.max(0, g * a + b) * f + 0.5;
+      out[k + 2] = Math.max(0, bl * a + b) * f + 0.5;
+      out[k + 3] = 255;
+    }
+    canvas.getContext("2d").putImageData(image, 0, 0);
+    canvas.hidden = false;
+    picture.dataset.stretched = s.black.toFixed(2) + "," + s.strength.toFixed(1);
+  }
+
+  function changed() {
+    updateLinks();
+    if (!meta) { wanted = true; load(); return; }
+    if (!pending) { pending = true; requestAnimationFrame(redraw); }
+  }
+
+  // where the sliders start: the preview's own stretch, from the FITS header (the page) or the rendition
+  const defaults = box.dataset.black ? {black: parseFloat(box.dataset.black), strength: parseFloat(box.dataset.strength)} : null;
+  let loading = null, wanted = false;
+
+  function reset() {
+    const d = defaults || (meta && {black: -meta.black / meta.noise, strength: meta.strength});
+    if (!d) return;
+    blackInput.value = d.black.toFixed(1);
+    strengthInput.value = fromBeta(d.strength).toFixed(1);
+    updateLinks();
+    canvas.hidden = true;       // the preview PNG itself: full resolution, the same stretch
+    delete picture.dataset.stretched;
+  }
+
+  // The rendition (a few MB) is fetched when the owner first reaches for a slider, not on every view.
+  function load() {
+    if (loading) return loading;
+    box.dataset.loading = "1";
+    loading = fetch("/stacks/" + stack + "/rendition.bin", {credentials: "same-origin"})
+      .then((r) => r.ok ? Promise.all([r.headers.get("X-Rendition"), r.arrayBuffer()]) : Promise.reject(new Error(r.statusText)))
+      .then(([header, buffer]) => {
+        meta = JSON.parse(header);
+        pixels = new Uint16Array(buffer);   // little-endian, as every browser's typed arrays are
+        canvas.width = meta.width;
+        canvas.height = meta.height;
+        image = canvas.getContext("2d").createImageData(meta.width, meta.height);
+        delete box.dataset.loading;
+        box.dataset.ready = "1";
+        if (!defaults) reset();
+        if (wanted) changed();
+      })
+      .catch(() => { box.hidden = true; });
+    return loading;
+  }
+
+  blackInput.addEventListener("input", changed);
+  strengthInput.addEventListener("input", changed);
+  document.getElementById("stretch-reset").addEventListener("click", reset);
+  for (const type of ["pointerdown", "focusin"]) box.addEventListener(type, load);
+  if (defaults) reset();
+  else load().then(() => { box.hidden = false; });   // a stack from before headers carried its stretch
+
+  // the picture's own orientation: a portrait stack gets a tall, narrow viewer beside the numbers
+  function orient() {
+    const layout = document.querySelector(".stack");
+    if (layout && img.naturalWidth) layout.classList.toggle("portrait", img.naturalHeight > img.naturalWidth);
+  }
+  if (img.complete) orient(); else img.addEventListener("load", orient);
 })();

@@ -90,6 +90,7 @@
       const data = await r.json();
       let unknown = false;
       for (const session of data.sessions) {
+        if (session.status === "dismissed") continue;     // hidden on purpose (lib/batches.py)
         const section = document.querySelector('[data-session="' + session.id + '"]');
         if (!section) { unknown = true; continue; }
         const tag = section.querySelector("h2 .tag");

@@ -235,7 +235,7 @@
         if (sessionId === id) forgetSession();
         continue;
       }
-      const passing = r.status === 0 || r.status === 408 || r.status === 429 || r.status >= 500;
+      const passing = retryable(r.status);
       if (passing && item.attempts < MAX_ATTEMPTS) {
         setState(item, "retrying", "retrying in " + (2 * item.attempts) + " s…");
         await new Promise((res) => setTimeout(res, 2000 * item.attempts));
@@ -251,7 +251,8 @@
     item.frame = frame;
     item.loaded = item.file.size;
     item.fill.style.width = "100%";
-    setState(item, "done", (frame.object || "frame") + " · " + (frame.chunk_key || "in"));
+    const taken = frame.date_obs ? String(frame.date_obs).slice(0, 16).replace("T", " ") + " UTC" : "in";
+    setState(item, "done", (frame.object || "frame") + " · " + taken);
   }
 
   function skip(item, frame) {
@@ -263,8 +264,13 @@
     setState(item, "skipped", earlier ? "already uploaded in an earlier batch" : "already in · skipped");
   }
 
+  // A refusal (4xx: not a frame, too big, ...) fails the same way every time; a lost connection, a
+  // timeout, too many requests or a server fault (5xx) may pass later: only those are offered a retry.
+  function retryable(status) { return status === 0 || status === 408 || status === 429 || status >= 500; }
+
   function fail(item, status, error) {
     const [words, detail] = explain(status, error);
+    item.retryable = retryable(status);
     item.loaded = 0;
     item.fill.style.width = "100%";
     setState(item, "failed", words, detail && detail !== words ? "server says: " + detail : "");
@@ -339,7 +345,9 @@
       batchSpeed.textContent = items.length && !finalized ? (failed ? "Finished, with failures: the failed files will not be stacked." : "All files are in.") : "";
     }
     finalizeButton.disabled = finalized || busy() || sessionId === null || inSession.size === 0;
-    retryButton.hidden = failed === 0 || busy();
+    const again = items.filter((i) => i.state === "failed" && i.retryable).length;
+    retryButton.hidden = again === 0 || busy();
+    retryButton.textContent = again === failed ? "Retry failed files" : "Retry " + plural(again, "file") + " that may pass now";
     filesHead.hidden = items.length === 0;
     filesCount.textContent = plural(items.length, "file") + (ignored ? " · " + plural(ignored, "other file") + " ignored" : "");
     if (!busy()) releaseWakeLock();
@@ -388,6 +396,15 @@
     $("resume").hidden = true;
   }
 
+  // "2025-04-09 20:45 UTC" from a chunk key YYYYMMDD.CC_HP… (CC: the day's 15-minute block)
+  function blockText(key) {
+    const m = /^(\d{4})(\d{2})(\d{2})\.(\d{1,2})_/.exec(key || "");
+    if (!m) return key || "one chunk";
+    const minutes = 15 * parseInt(m[4], 10);
+    const pad = (n) => String(n).padStart(2, "0");
+    return m[1] + "-" + m[2] + "-" + m[3] + " " + pad(Math.floor(minutes / 60)) + ":" + pad(minutes % 60) + " UTC";
+  }
+
   finalizeButton.addEventListener("click", async () => {
     finalizeButton.disabled = true;
     try {
@@ -398,7 +415,7 @@
       result.hidden = false;
       result.className = "notice success";
       result.textContent = "Queued " + plural(data.jobs.length, "stacking job") + " (" +
-        data.jobs.map((j) => plural(j.frames, "frame") + " in " + j.chunk_key).join(", ") + "). ";
+        data.jobs.map((j) => plural(j.frames, "frame") + " from " + blockText(j.chunk_key)).join(", ") + "). ";
       const link = document.createElement("a");
       link.href = "/status";
       link.textContent = "Follow them on the status page.";
@@ -414,7 +431,7 @@
 
   retryButton.addEventListener("click", () => {
     for (const item of items) {
-      if (item.state === "failed") { item.attempts = 0; item.loaded = 0; item.fill.style.width = "0"; setState(item, "waiting", "waiting"); }
+      if (item.state === "failed" && item.retryable) { item.attempts = 0; item.loaded = 0; item.fill.style.width = "0"; setState(item, "waiting", "waiting"); }
     }
     pump();
   });

@@ -6,6 +6,7 @@
   const viewport = document.getElementById("viewport");
   const img = document.getElementById("preview");
   if (!viewport || !img) return;
+  const layer = img.closest(".picture") || img;  // moved as one: the preview and the stretch canvas over it
   const level = document.getElementById("zoom-level");
   let s = 1, x = 0, y = 0;                   // scale and translation of the picture, in CSS pixels
   const pointers = new Map();
@@ -32,7 +33,7 @@
 
   function draw() {
     clamp();
-    img.style.transform = s === 1 && x === 0 && y === 0 ? "" : "translate(" + x + "px, " + y + "px) scale(" + s + ")";
+    layer.style.transform = s === 1 && x === 0 && y === 0 ? "" : "translate(" + x + "px, " + y + "px) scale(" + s + ")";
     viewport.classList.toggle("zoomed", s > 1.001);
     if (level && img.naturalWidth) {
       const b = box();

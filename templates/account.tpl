@@ -1,6 +1,10 @@
 % rebase('base.tpl')
 <section class="narrow panel">
 <h1>{{user['username']}}</h1>
+% from bottle import request
+% if request.query.get('saved'):
+<p class="saved" role="status">Saved: your stacks are {{'shared with everyone' if user['share_with_crowd'] else 'private to you'}}.</p>
+% end
 <form method="post" action="/account" class="stacked">
   <input type="hidden" name="csrf_token" value="{{csrf}}">
   <label class="check"><input type="checkbox" name="share_with_crowd" {{'checked' if user['share_with_crowd'] else ''}}>

@@ -16,6 +16,7 @@
 <header class="top">
   <a class="brand" href="/"><img src="/static/favicon.svg" alt="" width="26" height="26"> CrowdSky</a>
   <nav aria-label="Main" class="main-nav">
+    <a href="/targets" class="{{'here' if here.startswith('/targets') else ''}}">Targets</a>
     <a href="/stacks" class="{{'here' if here.startswith('/stacks') else ''}}">Stacks</a>
     <a href="/map" class="{{'here' if here == '/map' else ''}}">Sky map</a>
     % if user:
@@ -31,7 +32,9 @@
       <button type="submit" class="link">Log out</button>
     </form>
     % else:
-    <a href="/login" class="{{'here' if here == '/login' else ''}}">Log in</a>
+    % from urllib.parse import quote
+    % back = '' if here in ('/', '/login', '/register') else '?next=' + quote(here, safe='/')
+    <a href="/login{{back}}" class="{{'here' if here == '/login' else ''}}">Log in</a>
     <a href="/register" class="button small">Create account</a>
     % end
   </div>

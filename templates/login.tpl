@@ -4,11 +4,13 @@
 % if error:
 <p class="error" role="alert">{{error}}</p>
 % end
-<form method="post" action="/login?next={{next}}" class="stacked">
+% from urllib.parse import quote
+<form method="post" action="/login?next={{quote(next, safe='/')}}" class="stacked">
   <input type="hidden" name="csrf_token" value="{{csrf}}">
-  <label>User name <input name="username" autocomplete="username" required></label>
+  <label>User name <input name="username" autocomplete="username" required autofocus></label>
   <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
   <button type="submit">Log in</button>
 </form>
 <p>New here? <a href="/register">Create an account</a>.</p>
 </section>
+<script src="/static/login.js" defer></script>

@@ -1,5 +1,7 @@
 % rebase('base.tpl')
 % import datetime
+% from lib.gallery import block_text
+% from lib.techcard import telescope_model as model
 % def when(t):
 %   return datetime.datetime.fromtimestamp(t or 0, datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
 % end
@@ -32,23 +34,27 @@
 % for session in sessions:
 <section class="session panel" data-session="{{session['id']}}">
   <div class="section-head">
-    <h2>Batch {{session['id']}} <span class="tag {{session['status']}}">{{session['status']}}</span></h2>
+    <h2>Batch {{numbers.get(session['id'], '')}} <span class="tag {{session['status']}}">{{session['status']}}</span></h2>
     <span class="hint">{{when(session['created_at'])}}</span>
   </div>
   % if not session['chunks']:
-  <p class="hint">No frames in this batch.</p>
+  <p class="hint">No frames in this batch.
+  % if session['status'] in ('open', 'expired'):
+    <form method="post" action="/batches/{{session['id']}}/dismiss" class="inline dismiss"><input type="hidden" name="csrf_token" value="{{csrf}}"><button type="submit" class="small ghost">Dismiss</button></form>
+  % end
+  </p>
   % else:
   % if session['status'] == 'open':
   <p class="notice">Waiting for <b>Finalize</b>. <a href="/upload">Continue on the upload page</a>: drop the folder again and only what is missing is sent.</p>
   % end
   <div class="table-scroll">
   <table class="jobs">
-    <thead><tr><th>Chunk</th><th>Object</th><th>Frames</th><th>State</th><th class="progress-col">Progress</th><th></th></tr></thead>
+    <thead><tr><th>Taken</th><th>Object</th><th>Frames</th><th>State</th><th class="progress-col">Progress</th><th></th></tr></thead>
     <tbody>
     % for chunk in session['chunks']:
       % job = chunk['job']
       <tr data-chunk="{{chunk['id']}}">
-        <td><code>{{chunk['chunk_key']}}</code><br><span class="hint">{{chunk['telescope']}}</span></td>
+        <td title="chunk {{chunk['chunk_key']}} · telescope {{chunk['telescope']}}">{{block_text(chunk['chunk_key'])}}<br><span class="hint">{{model(chunk['telescope'], None)}}</span></td>
         <td>{{chunk['object']}}</td>
         <td>{{chunk['frames']}}</td>
         % if job:

@@ -58,12 +58,12 @@ def test_upload_stack_browse_map_and_download(deployment, page, artifacts, tmp_p
     expect(page.locator("#batch-bar")).to_have_attribute("style", re.compile(r"width: 100(\.0)?%"))
     for row in rows.all():
         expect(row.locator(".fill")).to_have_attribute("style", re.compile(r"width: 100(\.0)?%"))
-        expect(row.locator(".state")).to_contain_text("M 94")
+        expect(row.locator(".state")).to_contain_text("M 94 · 2025-03-27 05:45 UTC")   # a time, not a chunk key
     shot(page, artifacts, "upload")
 
     expect(finalize).to_be_enabled()
     finalize.click()
-    expect(page.locator("#result")).to_contain_text("Queued 1 stacking job")
+    expect(page.locator("#result")).to_contain_text("Queued 1 stacking job (3 frames from 2025-03-27 05:45 UTC)")
     assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('crowdsky.upload'))") == []
 
     # The status page follows the job live: no reload needed to see it finish.
@@ -76,6 +76,10 @@ def test_upload_stack_browse_map_and_download(deployment, page, artifacts, tmp_p
     expect(page.locator("#stacker-warning")).to_be_hidden()
     expect(page.locator("td.actions a", has_text="View stack")).to_be_visible()
     expect(page.locator("td.actions button", has_text="Delete")).to_be_visible()
+    chunk_cell = page.locator("table.jobs tbody td").first
+    expect(chunk_cell).to_contain_text("2025-03-27 05:45–06:00 UTC")
+    expect(chunk_cell).to_contain_text("ZWO Seestar S50")
+    expect(chunk_cell).not_to_contain_text("HP0")                  # the chunk key only in the details
     shot(page, artifacts, "status")
 
     # Gallery → stack page: preview, numbers, per-frame chart, zoom, FITS download.
@@ -99,7 +103,7 @@ def test_upload_stack_browse_map_and_download(deployment, page, artifacts, tmp_p
     viewport = page.locator("#viewport")
     box = viewport.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 3)
-    expect(page.locator("#preview")).to_have_attribute("style", re.compile(r"scale\(2\)"))
+    expect(page.locator("#picture")).to_have_attribute("style", re.compile(r"scale\(2\)"))
     expect(viewport).to_have_class(re.compile(r"zoomed"))
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.down()
@@ -162,7 +166,7 @@ def test_upload_stack_browse_map_and_download(deployment, page, artifacts, tmp_p
 
     # The same pages at phone width.
     page.set_viewport_size(PHONE)
-    for path, name in (("/", "home-phone"), ("/stacks", "gallery-phone"), ("/upload", "upload-phone"),
+    for path, name in (("/", "home-phone"), ("/targets", "targets-phone"), ("/stacks", "gallery-phone"), ("/upload", "upload-phone"),
                        ("/status", "status-phone"), ("/map", "map-phone")):
         page.goto(url + path)
         page.wait_for_load_state("networkidle")

@@ -1,6 +1,7 @@
 """The stacking pipeline (lib/stacking) on synthetic frames with a known truth, and on real Seestar frames."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -280,7 +281,10 @@ def test_preview_is_a_neutral_png(stacked, tmp_path):
     with Image.open(path) as image:
         assert image.format == "PNG" and image.mode == "RGB"
         rgb = np.asarray(image, float)
-    assert rgb.shape == (*result.image.shape[1:], 3)
+    # cropped to the area most frames cover, as the FITS header records (the FITS keeps every pixel)
+    header = fits.getheader(io.BytesIO(result.fits_bytes))
+    y0, y1, x0, x1 = (header[k] for k in ("PVCROPY0", "PVCROPY1", "PVCROPX0", "PVCROPX1"))
+    assert rgb.shape == (y1 - y0, x1 - x0, 3) and (result.coverage[y0:y1, x0:x1] >= 0.7 * result.ncombine).all()
     sky = np.median(rgb.reshape(-1, 3), axis=0)
     assert sky.max() - sky.min() < 6 and 10 < sky.mean() < 80  # grey, dark but not black
 
@@ -481,6 +485,8 @@ def test_three_real_seestar_frames_register_and_stack(tmp_path):
     result.write_fits(tmp_path / "m94.fits")
     header = fits.getheader(tmp_path / "m94.fits")
     assert header["NCOMBINE"] == 3 and "SITELAT" not in header and "SITELONG" not in header
+    temperatures = [fits.getheader(p)["CCD-TEMP"] for p in paths]
+    assert header["CCD-TEMP"] == pytest.approx(float(np.median(temperatures)), abs=0.01)  # the technical card's
     # sky close to neutral after normalisation: channel levels keep the reference's raw colour, their
     # noise is similar, and the stretched preview is grey
     result.write_preview(tmp_path / "m94.png")

@@ -41,6 +41,7 @@ class FrameHeader:
     date_obs: datetime
     exptime: float
     carried: tuple[tuple[str, object, str], ...] = field(default=())
+    temperature: float | None = None      # CCD-TEMP, °C
 
     def value(self, keyword: str) -> object | None:
         return next((value for key, value, _ in self.carried if key == keyword), None)
@@ -97,7 +98,10 @@ def read_frame(path: Path) -> tuple[np.ndarray, FrameHeader]:
     if not isinstance(exposure, (int, float)) or exposure <= 0:
         raise FrameReadError("header has no positive EXPTIME or EXPOSURE")
     carried = tuple((key, header[key], header.comments[key]) for key in CARRIED_KEYWORDS if key in header)
-    return np.ascontiguousarray(data), FrameHeader(pattern, data.shape, date_obs, float(exposure), carried)
+    temperature = header.get("CCD-TEMP")
+    temperature = float(temperature) if isinstance(temperature, (int, float)) else None
+    return np.ascontiguousarray(data), FrameHeader(pattern, data.shape, date_obs, float(exposure), carried,
+                                                   temperature)
 
 
 @dataclass(frozen=True)
@@ -131,9 +135,11 @@ def _column(values: Sequence[float | int | None], fill: float) -> np.ndarray:
 
 def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, *, reference: FrameHeader,
                 reference_name: str, ncombine: int, exptime_total: float, date_beg: str, date_end: str,
-                frames: Sequence[FrameRow], history: Sequence[str]) -> None:
+                frames: Sequence[FrameRow], history: Sequence[str],
+                extra_cards: Sequence[tuple[str, object, str]] = ()) -> None:
     """Write the stack: primary HDU (3, H, W) float32, image extension COVERAGE (H, W) int16
     (frames covering each pixel) and binary table FRAMES (every input frame, used or not).
+    extra_cards: (keyword, value, comment) added to the primary header, e.g. the preview's factors.
 
     image: (3, H, W) float32, R, G, B, in ADU/65535 of the reference frame after normalisation.
     """
@@ -149,6 +155,8 @@ def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, 
     header["REFFRAME"] = ascii_safe(reference_name)  # no comment: a long file name alone may fill the card
     header["CTYPE3"] = ("RGB", "planes: red, green, blue")
     header["BUNIT"] = ("ADU/65535", "reference-frame ADU scaled to 0..1")
+    for key, value, comment in extra_cards:
+        header[key] = (value, comment)
     for line in history:
         header.add_history(ascii_safe(line))
 

@@ -132,7 +132,7 @@ class GroupResult:
         fits.HDUList([primary, weight, stars, grid, sources, refused]).writeto(path, overwrite=True)
 
     def write_preview(self, path: Path) -> None:
-        write_png(stretch(self.running.image), Path(path))
+        write_png(stretch(self.running.image, cover=self.running.weight), Path(path))
 
 
 def read_group(path: Path) -> GroupResult:

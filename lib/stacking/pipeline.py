@@ -28,7 +28,7 @@ from .fitsio import FrameHeader, FrameReadError, FrameRow, exposure_end, format_
 from .grade import FrameMetrics, grade_frames, pick_reference
 from .normalize import noise_weights, normalization, sky_level_and_noise, transparency
 from .options import FrameVerdict, StackingError, StackOptions, StackResult
-from .preview import encode_png, stretch
+from .preview import encode_png, plan_rendering, render
 from .register import Registration, RegistrationError, find_registration, warp
 from .runner import Progress, releases_memory
 from .stars import StarField, aperture_fluxes, detect_stars
@@ -294,12 +294,14 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
                *[f"frame used: {names[i]}" for i in used]]
     # the files are rendered here, where the libraries are loaded, so that the caller needs none of them;
     # the preview in a thread (numpy and OpenCV let go of the GIL) while astropy writes the FITS
+    # the rendering's factors are measured first (a few tens of ms) so that the FITS header records them
+    rendering = plan_rendering(image, cover, star_fluxes)
     with ThreadPoolExecutor(1) as preview_thread:
-        png = preview_thread.submit(lambda: encode_png(stretch(image, star_fluxes)))
+        png = preview_thread.submit(lambda: encode_png(render(image, rendering)))
         fits_file = io.BytesIO()
         write_stack(fits_file, image, cover, reference=reference_header, reference_name=names[reference],
                     ncombine=len(used), exptime_total=exptime_total, date_beg=date_beg, date_end=date_end,
-                    frames=rows, history=history)
+                    frames=rows, history=history, extra_cards=rendering.header_cards() + _temperature_card(headers))
         png_bytes = png.result()
     return StackResult(
         frames=verdicts, ncombine=len(used), exptime_total=exptime_total,
@@ -307,6 +309,14 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
         instrument=_text(reference_header.value("INSTRUME")), reference_name=names[reference],
         noise=found.noise, fwhm_px=found.fwhm_px, stars=found.count,
         fits_bytes=fits_file.getvalue(), png_bytes=png_bytes)
+
+
+def _temperature_card(headers: list[FrameHeader]) -> list[tuple[str, object, str]]:
+    """CCD-TEMP of the stack: the median sensor temperature of the combined frames (none if unknown)."""
+    temperatures = [h.temperature for h in headers if h.temperature is not None]
+    if not temperatures:
+        return []
+    return [("CCD-TEMP", round(float(np.median(temperatures)), 2), "[C] median sensor temperature of the frames")]
 
 
 def _finite(value: float) -> float | None:
