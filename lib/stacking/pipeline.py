@@ -31,6 +31,7 @@ from .options import FrameVerdict, StackingError, StackOptions, StackResult
 from .preview import encode_png, stretch
 from .register import Registration, RegistrationError, find_registration, warp
 from .runner import Progress, releases_memory
+from .solve import hint_from_header, solve_luminance
 from .stars import StarField, aperture_fluxes, detect_stars
 
 ADU_SCALE = np.float32(1 / 65535)    # the cube and the stack hold ADU/65535, as Siril does
@@ -293,20 +294,28 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
                f"{rejected} values rejected",
                *[f"frame used: {names[i]}" for i in used]]
     # the files are rendered here, where the libraries are loaded, so that the caller needs none of them;
-    # the preview in a thread (numpy and OpenCV let go of the GIL) while astropy writes the FITS
-    with ThreadPoolExecutor(1) as preview_thread:
-        png = preview_thread.submit(lambda: encode_png(stretch(image, star_fluxes)))
+    # the preview in a thread (numpy and OpenCV let go of the GIL) while the plate solver (a child
+    # process) runs and astropy writes the FITS
+    with ThreadPoolExecutor(1) as threads:
+        png = threads.submit(lambda: encode_png(stretch(image, star_fluxes)))
+        solution = None
+        if options.plate_solve:
+            hint = hint_from_header({key: value for key, value, _ in reference_header.carried})
+            solution = solve_luminance(luminance, hint, time_limit=options.solve_time_limit,
+                                       tmp_dir=options.tmp_dir)
         fits_file = io.BytesIO()
         write_stack(fits_file, image, cover, reference=reference_header, reference_name=names[reference],
                     ncombine=len(used), exptime_total=exptime_total, date_beg=date_beg, date_end=date_end,
-                    frames=rows, history=history)
+                    frames=rows, history=history, solution=solution)
         png_bytes = png.result()
     return StackResult(
         frames=verdicts, ncombine=len(used), exptime_total=exptime_total,
         date_beg=date_beg, date_end=date_end, object=_text(reference_header.value("OBJECT")),
         instrument=_text(reference_header.value("INSTRUME")), reference_name=names[reference],
         noise=found.noise, fwhm_px=found.fwhm_px, stars=found.count,
-        fits_bytes=fits_file.getvalue(), png_bytes=png_bytes)
+        fits_bytes=fits_file.getvalue(), png_bytes=png_bytes,
+        plate_solved=bool(solution and solution.solved), solve_reason=solution.reason if solution else "not tried",
+        solve_seconds=solution.seconds if solution else 0.0)
 
 
 def _finite(value: float) -> float | None:
