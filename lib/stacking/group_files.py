@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from . import deep
+from . import deep, solve
 from .imported import LOCATION_KEYWORDS
 from .normalize import sky_level_and_noise
 from .preview import stretch, write_png
 
-CARRIED = ("OBJECT", "RA", "DEC", "EQUINOX", "RADESYS", "FILTER")
+CARRIED = ("OBJECT", "RA", "DEC", "EQUINOX", "RADESYS", "FILTER", "FOCALLEN", "XPIXSZ")
 
 
 def read_stack(path: Path) -> tuple[np.ndarray, np.ndarray, fits.Header]:
@@ -103,6 +103,8 @@ def _new_header(source: fits.Header) -> fits.Header:
             header[key] = source[key]
     header["NCOMBINE"], header["EXPTIME"], header["NSTACKS"] = 0, 0.0, 0
     header["DATE-BEG"], header["DATE-END"] = source["DATE-BEG"], source["DATE-END"]
+    if source.get("PLTSOLVD") is True:     # the group's grid is its first stack's: so is its WCS
+        solve.copy_solution(source, header)
     return header
 
 

@@ -177,9 +177,7 @@ def write_solution(header: fits.Header, solution: Solution) -> None:
     Solved: the WCS cards, PLTSOLVD = T and PLTSCALE (″/px). Not solved: PLTSOLVD = F and PLTREASN.
     Earlier WCS or solve keywords are removed first, so a header never mixes two solutions.
     """
-    for key in [k for k in header if k in WCS_KEYWORDS or k.startswith(SIP_PREFIXES)
-                or k in ("PLTSOLVD", "PLTSCALE", "PLTREASN")]:
-        del header[key]
+    clear_solution(header)
     if not solution.solved:
         header["PLTSOLVD"] = (False, "plate solved")
         header["PLTREASN"] = (solution.reason or "not solved", "why the plate was not solved")
@@ -188,6 +186,22 @@ def write_solution(header: fits.Header, solution: Solution) -> None:
         header[card.keyword] = (card.value, card.comment)
     header["PLTSOLVD"] = (True, "plate solved (astrometry.net, Tycho-2)")
     header["PLTSCALE"] = (round(scale_arcsec(celestial_wcs(header)), 4), "[arcsec/px] pixel scale")
+
+
+def clear_solution(header: fits.Header) -> None:
+    """Remove every WCS and solve keyword from *header*, in place."""
+    for key in [k for k in header if k in WCS_KEYWORDS or k.startswith(SIP_PREFIXES)
+                or k in ("PLTSOLVD", "PLTSCALE", "PLTREASN")]:
+        del header[key]
+
+
+def copy_solution(source: fits.Header, target: fits.Header) -> None:
+    """Carry a solved header's WCS and solve keywords onto *target* (an image on the same pixel grid)."""
+    clear_solution(target)
+    for card in source.cards:
+        if card.keyword in WCS_KEYWORDS or card.keyword.startswith(SIP_PREFIXES) \
+                or card.keyword in ("PLTSOLVD", "PLTSCALE", "PLTREASN"):
+            target[card.keyword] = (card.value, card.comment)
 
 
 def celestial_wcs(header: fits.Header) -> WCS | None:
@@ -252,13 +266,13 @@ def stack_luminance(image: np.ndarray) -> np.ndarray:
 
 
 def solve_stack_file(path: Path, *, time_limit: float = TIME_LIMIT_S) -> Solution | None:
-    """Solve the stack FITS at *path* in place, unless its header already holds a solution (None then).
+    """Solve the stack FITS at *path* in place, unless its header says a solve was tried (None then).
 
     For stacks made outside the pipeline (deep and crowd stacks, telescope stacks); hinted by the
-    header's RA/DEC and optics, or by an earlier WCS's centre and scale."""
+    header's RA/DEC and optics (FOCALLEN, XPIXSZ)."""
     with fits.open(path, mode="update", memmap=False) as hdul:
         header = hdul[0].header
-        if header.get("PLTSOLVD") is True and celestial_wcs(header) is not None:
+        if "PLTSOLVD" in header:
             return None
         hint = hint_from_header(header)
         solution = solve_luminance(stack_luminance(hdul[0].data), hint, time_limit=time_limit)
