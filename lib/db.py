@@ -50,6 +50,7 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("ra", DOUBLE),                 # pointing of the frame that opened the chunk, degrees
         ("dec", DOUBLE),
         ("created_at", DOUBLE),
+        ("filter", _T.string(16)),        # FILTER of its frames (IRCUT, LP): frames of two filters never share one
     ],
     "frames": [
         ("owner_id", _T.integer),
@@ -71,6 +72,7 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("height", _T.integer),
         ("status", _T.string(16)),        # buffered | stacked | discarded
         ("created_at", DOUBLE),
+        ("filter", _T.string(16)),        # FILTER header (Seestar: IRCUT, LP); NULL when absent
     ],
     "jobs": [
         ("kind", _T.string(16)),          # chunk (later: deep, crowd)
@@ -117,6 +119,11 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("nights", _T.integer),           # deep/crowd: nights and owners that contributed
         ("owners", _T.integer),
         ("created_at", DOUBLE),
+        ("filter", _T.string(16)),        # FILTER of its frames
+        ("solved", _T.boolean),           # plate solved: the FITS has a celestial WCS (lib/stacking/solve.py)
+        ("sky", _T.text),                 # JSON: centre, scale, rotation, footprint (solve.sky_summary)
+        ("objects", _T.text),             # JSON: catalogue objects in the field (lib/catalog.py)
+        ("target", _T.string(32)),        # OpenNGC key it is filed under (NGC4736 for "M 94"), for search
     ],
     "contributions": [                    # what went into a deep or crowd stack
         ("group_id", _T.integer),
@@ -156,7 +163,7 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
     "jobs": [("status", "fair_rank", "id"), ("owner_id", "status", "fair_rank"), ("chunk_id",)],
     # gallery pages are keyed on id (newest first) within a filter: PostgreSQL needs the id in the index
     "stacks": [("object",), ("owner_id",), ("job_id",), ("object", "id"), ("kind", "id"), ("owner_id", "id"),
-               ("date_beg",)],
+               ("date_beg",), ("target", "id")],
     "stack_frames": [("stack_id",)],
     "contributions": [("group_id",), ("source_id",), ("owner_id",)],
 }

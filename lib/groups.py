@@ -144,6 +144,7 @@ def complete_group_job(db, archive, lease, fits_path, preview_path) -> int | Non
         delete_quietly(archive, (fits_key, preview_key))
         return None
     delete_quietly(archive, [k for k in old_keys if k])
+    stacks.record_sky(db, group_id, fits_path)
     return group_id
 
 
