@@ -1,0 +1,100 @@
+"""Stacks know where they are on the sky, over real HTTP: real M 94 frames are stacked and plate solved
+by the stacker, the API shows the WCS and the objects in the field, any spelling of a name finds the
+stacks, and a stack with no OBJECT is filed under what its WCS shows."""
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+from astropy.io import fits
+
+from tests.apps import Deployment
+from tests.frames import NIGHT_1, real_frames
+from tests.test_plate_solve import M94, nucleus_xy
+
+pytestmark = pytest.mark.skipif(shutil.which("solve-field") is None,
+                                reason="astrometry.net is not installed (bash infra/test-tools.sh)")
+
+
+def frame_with(path, **cards) -> bytes:
+    """The raw frame's bytes with header *cards* changed, pixels untouched."""
+    with fits.open(path, do_not_scale_image_data=True) as hdul:
+        for key, value in cards.items():
+            hdul[0].header[key] = value
+        out = io.BytesIO()
+        hdul.writeto(out)
+    return out.getvalue()
+
+
+def upload(user, named_bodies) -> None:
+    session = user.new_session()
+    for name, body in named_bodies:
+        response = user.put_frame(session, name, body)
+        assert response.status_code == 201, response.text
+    assert user.post(f"/api/v1/sessions/{session}/finalize").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def sky(tmp_path_factory):
+    d = Deployment(tmp_path_factory.mktemp("sky") / "crowdsky", {})
+    d.start_app()
+    try:
+        alice, bob = d.user("alice"), d.user("bob")
+        frames = real_frames(NIGHT_1)
+        upload(alice, [(p.name, p.read_bytes()) for p in frames])
+        # bob's telescope wrote no OBJECT (three frames of the same night, so other bytes: other frames)
+        upload(bob, [(p.name, frame_with(p, OBJECT="")) for p in frames[:3]])
+        assert d.drain_queue() == 4          # two chunk stacks, two deep stacks
+        yield d, alice, bob
+    finally:
+        d.stop_app()
+
+
+def test_a_chunk_stack_shows_its_wcs_and_names_m94_on_its_nucleus(sky):
+    d, alice, _ = sky
+    [stack] = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
+    assert stack["solved"] is True and stack["filter"] == "IRCUT"
+    detail = alice.get(f"/api/v1/stacks/{stack['id']}").json()
+    wcs = detail["wcs"]
+    assert wcs["solved"] is True and wcs["scale_arcsec"] == pytest.approx(2.39, rel=0.03)
+    assert len(wcs["footprint"]) == 4 and 0 <= wcs["rotation_deg"] < 360
+    [m94] = [o for o in detail["objects"] if o["name"] == "M 94"]
+    assert "NGC 4736" in m94["aliases"] and m94["type"] == "Galaxy"
+    with fits.open(io.BytesIO(alice.get(stack["fits_url"]).content)) as hdul:
+        assert hdul[0].header["PLTSOLVD"] is True
+        image = hdul[0].data
+    x, y = nucleus_xy(image, (m94["x"], m94["y"]))
+    # the catalogue's position of the nucleus, through the stack's WCS, is on the nucleus in the pixels
+    assert abs(x - m94["x"]) < 2 and abs(y - m94["y"]) < 2, (x, y, m94)
+    assert abs(m94["ra"] - M94[0]) < 0.001 and abs(m94["dec"] - M94[1]) < 0.001
+
+
+def test_the_deep_stack_carries_the_wcs_of_its_grid(sky):
+    _, alice, _ = sky
+    [deep] = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "deep"]
+    detail = alice.get(f"/api/v1/stacks/{deep['id']}").json()
+    assert detail["wcs"]["solved"] is True and [o["name"] for o in detail["objects"]] == ["M 94"]
+
+
+@pytest.mark.parametrize("written", ["M94", "m 94", "NGC 4736", "ngc4736", "M 94"])
+def test_any_spelling_finds_the_m94_stacks(sky, written):
+    _, alice, bob = sky
+    found = alice.get("/api/v1/stacks", params={"object": written}).json()["stacks"]
+    assert sorted(s["kind"] for s in found) == ["chunk", "deep"]
+    assert len(bob.get("/api/v1/stacks", params={"object": written}).json()["stacks"]) == 2
+    assert alice.get("/api/v1/stacks", params={"object": "M 31"}).json()["stacks"] == []
+
+
+def test_a_stack_without_object_is_filed_under_what_its_wcs_shows(sky):
+    _, _, bob = sky
+    [stack] = [s for s in bob.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
+    assert stack["object"] == "M 94" and stack["frames"] == 3
+
+
+def test_the_gallery_filter_takes_any_spelling(sky):
+    d, alice, _ = sky
+    ids = {s["id"] for s in alice.get("/api/v1/stacks").json()["stacks"]}
+    page = alice.get("/stacks", params={"object": "ngc4736"}).text
+    assert all(f'href="/stacks/{i}"' in page for i in ids), page[:2000]
+    assert 'href="/stacks/' not in alice.get("/stacks", params={"object": "M 31"}).text
