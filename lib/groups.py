@@ -61,11 +61,13 @@ def _find_or_create(tx, kind: str, stack: dict) -> int:
     # new target cannot open two groups.
     tx.query("UPDATE locks SET taken_at = :now WHERE name = :name", now=now(), name=GROUP_LOCK)
     owner = stack["owner_id"] if kind == DEEP else None
-    rows = tx.query("SELECT id, ra, dec FROM stacks WHERE kind = :kind AND dec BETWEEN :lo AND :hi"
+    rows = tx.query("SELECT id, ra, dec, filter FROM stacks WHERE kind = :kind AND dec BETWEEN :lo AND :hi"
                     + (" AND owner_id = :owner" if owner is not None else ""),
                     kind=kind, lo=stack["dec"] - GROUP_RADIUS_DEG, hi=stack["dec"] + GROUP_RADIUS_DEG, owner=owner)
     best, best_distance = None, GROUP_RADIUS_DEG
     for row in rows:
+        if row["filter"] != stack["filter"]:      # IRCUT and LP frames are different data: never one sum
+            continue
         distance = chunks.separation_deg(row["ra"], row["dec"], stack["ra"], stack["dec"])
         if distance <= best_distance:
             best, best_distance = row["id"], distance
@@ -75,7 +77,7 @@ def _find_or_create(tx, kind: str, stack: dict) -> int:
         "kind": kind, "owner_id": owner, "object": stack["object"], "telescope": None,
         "chunk_key": chunks.healpix_label(stack["ra"], stack["dec"]), "ra": stack["ra"], "dec": stack["dec"],
         "frames": 0, "frames_rejected": 0, "exposure_s": 0.0, "version": 0, "nights": 0, "owners": 0,
-        "created_at": now()})
+        "created_at": now(), "filter": stack["filter"]})
 
 
 def inputs(db, job: dict) -> list[dict]:

@@ -16,10 +16,10 @@ class Filing:
         self.chunks: list[OpenChunk] = []
         self.keys: dict[int, str] = {}
 
-    def add(self, telescope, when, ra, dec) -> str:
-        found = find_chunk(self.chunks, telescope, when, ra, dec)
+    def add(self, telescope, when, ra, dec, filter_name="IRCUT") -> str:
+        found = find_chunk(self.chunks, telescope, when, ra, dec, filter_name)
         if found is None:
-            found = OpenChunk(len(self.chunks) + 1, telescope, block_label(when), ra, dec)
+            found = OpenChunk(len(self.chunks) + 1, telescope, block_label(when), ra, dec, filter_name)
             self.chunks.append(found)
             self.keys[found.id] = chunk_key(when, ra, dec)
         return self.keys[found.id]
@@ -78,6 +78,15 @@ def test_two_telescopes_on_one_target_make_two_chunks():
     filing.add("S50_1d3fe189", T0, 193.07, 40.98)
     filing.add("S50_12d98769", T0, 193.07, 40.98)
     assert len(filing.chunks) == 2
+
+
+def test_an_ircut_and_lp_mixed_block_makes_two_chunks():
+    filing = Filing()
+    for k, filter_name in enumerate(["IRCUT", "LP", "IRCUT", "LP", "LP"]):
+        filing.add("S50_a", T0, 193.07 + 0.001 * k, 40.98, filter_name)
+    assert sorted(c.filter for c in filing.chunks) == ["IRCUT", "LP"]
+    filing.add("S50_a", T0, 193.07, 40.98, None)          # a frame without FILTER: neither of them
+    assert len(filing.chunks) == 3
 
 
 def test_frames_on_both_sides_of_a_quarter_hour_make_two_chunks():

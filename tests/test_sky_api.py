@@ -43,9 +43,11 @@ def sky(tmp_path_factory):
         alice, bob = d.user("alice"), d.user("bob")
         frames = real_frames(NIGHT_1)
         upload(alice, [(p.name, p.read_bytes()) for p in frames])
-        # bob's telescope wrote no OBJECT (three frames of the same night, so other bytes: other frames)
-        upload(bob, [(p.name, frame_with(p, OBJECT="")) for p in frames[:3]])
-        assert d.drain_queue() == 4          # two chunk stacks, two deep stacks
+        # bob's telescope wrote no OBJECT (frames of the same night, so other bytes: other frames), and
+        # he switched to the LP filter half-way through the quarter hour
+        upload(bob, [(p.name, frame_with(p, OBJECT="")) for p in frames[:3]]
+               + [(p.name, frame_with(p, OBJECT="", FILTER="LP")) for p in frames[3:]])
+        assert d.drain_queue() == 6          # three chunk stacks, three deep stacks
         yield d, alice, bob
     finally:
         d.stop_app()
@@ -82,14 +84,25 @@ def test_any_spelling_finds_the_m94_stacks(sky, written):
     _, alice, bob = sky
     found = alice.get("/api/v1/stacks", params={"object": written}).json()["stacks"]
     assert sorted(s["kind"] for s in found) == ["chunk", "deep"]
-    assert len(bob.get("/api/v1/stacks", params={"object": written}).json()["stacks"]) == 2
+    assert len(bob.get("/api/v1/stacks", params={"object": written}).json()["stacks"]) == 4
     assert alice.get("/api/v1/stacks", params={"object": "M 31"}).json()["stacks"] == []
 
 
 def test_a_stack_without_object_is_filed_under_what_its_wcs_shows(sky):
     _, _, bob = sky
-    [stack] = [s for s in bob.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
-    assert stack["object"] == "M 94" and stack["frames"] == 3
+    chunk_stacks = [s for s in bob.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
+    assert [s["object"] for s in chunk_stacks] == ["M 94", "M 94"]
+
+
+def test_ircut_and_lp_frames_never_share_a_chunk_or_a_deep_stack(sky):
+    """One session, one quarter hour, one pointing, two filters: two chunks, two deep stacks."""
+    _, _, bob = sky
+    listing = bob.get("/api/v1/stacks").json()["stacks"]
+    by_kind = {kind: sorted((s["filter"], s["frames"]) for s in listing if s["kind"] == kind)
+               for kind in ("chunk", "deep")}
+    assert by_kind == {"chunk": [("IRCUT", 3), ("LP", 3)], "deep": [("IRCUT", 3), ("LP", 3)]}
+    keys = {s["chunk_key"] for s in listing if s["kind"] == "chunk"}
+    assert len(keys) == 1                # same block and pointing: the filter tells them apart
 
 
 def test_the_gallery_filter_takes_any_spelling(sky):
