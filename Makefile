@@ -19,8 +19,10 @@ install-test: $(PY)
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	bash infra/test-tools.sh
 
-# The ingest app, one stacker and the janitor, stopped together with Ctrl-C.
+# The ingest app, one stacker and the janitor, stopped together with Ctrl-C. The plate solver is
+# installed when possible (root); otherwise the command is printed and stacks stay unsolved.
 run: install
+	@bash infra/plate-solver.sh
 	@echo "CrowdSky on http://$(HOST):$(PORT)  (data in $${CROWDSKY_DATA_DIR:-var}/; Ctrl-C stops)"
 	@trap 'kill 0' INT TERM EXIT; \
 	$(PY) ingest_app.py --host $(HOST) --port $(PORT) & \
