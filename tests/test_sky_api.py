@@ -111,3 +111,77 @@ def test_the_gallery_filter_takes_any_spelling(sky):
     page = alice.get("/stacks", params={"object": "ngc4736"}).text
     assert all(f'href="/stacks/{i}"' in page for i in ids), page[:2000]
     assert 'href="/stacks/' not in alice.get("/stacks", params={"object": "M 31"}).text
+
+
+# ------------------------------------------------------------------------------------ in the browser
+
+def log_in(page, url, username, password="correct horse battery"):
+    page.goto(url + "/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("form.stacked button[type=submit]")
+    page.wait_for_load_state()
+
+
+def on_screen(page, x, y, width, height):
+    """Where FITS pixel (x, y) is shown now: the preview shows the first FITS row at the bottom."""
+    box = page.locator("#preview").bounding_box()
+    return (box["x"] + (x + 0.5) / width * box["width"], box["y"] + (height - 0.5 - y) / height * box["height"])
+
+
+def test_the_stack_page_overlays_objects_grid_pointer_coordinates_and_scale(sky, page, artifacts):
+    d, alice, _ = sky
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    [stack] = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
+    detail = alice.get(f"/api/v1/stacks/{stack['id']}").json()
+    wcs, [m94] = detail["wcs"], [o for o in detail["objects"] if o["name"] == "M 94"]
+    W, H = wcs["width"], wcs["height"]
+    log_in(page, d.url, "alice")
+    page.goto(f"{d.url}/stacks/{stack['id']}")
+    outline = page.locator('.sky-overlay .sky-object[data-name="M 94"] polygon')
+    outline.wait_for()
+    expect_text = page.locator(".sky-overlay .sky-object text")
+    assert expect_text.first.text_content() == "M 94"
+
+    def outline_centre():
+        box = outline.bounding_box()
+        return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    # the outline sits on the object's pixel, before and after zooming in
+    for zoom in (False, True):
+        if zoom:
+            page.click("[data-zoom=in]")
+            page.click("[data-zoom=in]")
+            page.wait_for_timeout(300)
+        sx, sy = on_screen(page, m94["x"], m94["y"], W, H)
+        cx, cy = outline_centre()
+        assert abs(cx - sx) < 3 and abs(cy - sy) < 3, (zoom, cx, cy, sx, sy)
+    page.click("[data-zoom=fit]")
+
+    # RA/Dec under the pointer: on the nucleus it reads M 94's position (a screen pixel is ~2 image px)
+    sx, sy = on_screen(page, m94["x"], m94["y"], W, H)
+    page.mouse.move(sx, sy)
+    readout = page.locator("#sky-readout")
+    assert readout.text_content().startswith("RA 12h 50m")
+    ra, dec = float(readout.get_attribute("data-ra")), float(readout.get_attribute("data-dec"))
+    assert abs(ra - m94["ra"]) * 3600 * 0.75 < 20 and abs(dec - m94["dec"]) * 3600 < 20, (ra, dec, m94)
+
+    # the scale bar is as long as its label says, at the preview's scale
+    bar = page.locator(".sky-scalebar .bar")
+    arcmin = float(page.locator(".sky-scalebar").get_attribute("data-arcmin"))
+    css_per_pixel = page.locator("#preview").bounding_box()["width"] / W
+    assert bar.bounding_box()["width"] == pytest.approx(arcmin * 60 / wcs["scale_arcsec"] * css_per_pixel, abs=2.5)
+
+    # the grid is off until asked for; objects can be hidden
+    assert not page.locator(".sky-grid").is_visible()
+    page.check("input[name=sky-grid]")
+    assert page.locator(".sky-grid polyline").count() >= 4
+    shot(page, artifacts, "stack-sky-overlay")
+    page.uncheck("input[name=sky-objects]")
+    assert not outline.is_visible()
+    assert not problems, problems
+
+
+def shot(page, artifacts, name):
+    page.screenshot(path=artifacts / f"{name}.png", full_page=True)

@@ -245,8 +245,10 @@ def footprint(wcs: WCS, width: int, height: int) -> list[list[float]]:
 def sky_summary(header: fits.Header) -> dict:
     """What a stack's header says about its place on the sky, as the API shows it.
 
-    ``{"solved", "ra", "dec", "scale_arcsec", "rotation_deg", "footprint", "reason"}``: centre in
-    degrees, scale in ″/px, rotation as in `rotation_deg`, footprint as in `footprint`. Unsolved
+    ``{"solved", "ra", "dec", "scale_arcsec", "rotation_deg", "footprint", "reason", "width", "height",
+    "tan"}``: centre in degrees, scale in ″/px, rotation as in `rotation_deg`, footprint as in
+    `footprint`, image size in px, tan: ``{"crpix0": [x, y] 0-based reference pixel, "crval": [ra, dec],
+    "cd": 2×2 degrees per pixel}``. Unsolved
     stacks carry ``solved: False`` and the reason (None for files written before plate solving).
     """
     wcs = celestial_wcs(header) if header.get("PLTSOLVD") is True else None
@@ -255,9 +257,15 @@ def sky_summary(header: fits.Header) -> dict:
                 "footprint": None, "reason": header.get("PLTREASN")}
     width, height = int(header["NAXIS1"]), int(header["NAXIS2"])
     ra, dec = wcs.all_pix2world([[(width - 1) / 2, (height - 1) / 2]], 0)[0]
+    # the TAN projection's linear part, for pages that turn pointer positions into RA/Dec themselves
+    # (SIP left out: it moves a Seestar stack's pixels by well under a pixel)
+    tan = {"crpix0": [float(wcs.wcs.crpix[0]) - 1, float(wcs.wcs.crpix[1]) - 1],
+           "crval": [float(wcs.wcs.crval[0]), float(wcs.wcs.crval[1])],
+           "cd": [[float(v) for v in row] for row in wcs.pixel_scale_matrix]}
     return {"solved": True, "ra": round(float(ra) % 360.0, 6), "dec": round(float(dec), 6),
             "scale_arcsec": round(scale_arcsec(wcs), 4), "rotation_deg": round(rotation_deg(wcs, width, height), 3),
-            "footprint": footprint(wcs, width, height), "reason": None}
+            "footprint": footprint(wcs, width, height), "reason": None, "width": width, "height": height,
+            "tan": tan}
 
 
 def stack_luminance(image: np.ndarray) -> np.ndarray:
