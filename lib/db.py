@@ -124,6 +124,7 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("sky", _T.text),                 # JSON: centre, scale, rotation, footprint (solve.sky_summary)
         ("objects", _T.text),             # JSON: catalogue objects in the field (lib/catalog.py)
         ("target", _T.string(32)),        # OpenNGC key it is filed under (NGC4736 for "M 94"), for search
+        ("footprint", _T.text),           # JSON [[ra, dec] x 4]: its outline on the sky, for the sky map
     ],
     "contributions": [                    # what went into a deep or crowd stack
         ("group_id", _T.integer),

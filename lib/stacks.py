@@ -78,7 +78,8 @@ def read_summary(fits_path) -> StackSummary:
 def sky_columns(header: fits.Header) -> dict:
     """The stacks-table columns a stack's header gives about its place on the sky, so that pages and
     listings never re-read the FITS: ``filter``, ``solved``, ``sky`` (JSON of solve.sky_summary),
-    ``objects`` (JSON of catalog.objects_in_field), ``target`` (the OpenNGC key it is filed under) and
+    ``objects`` (JSON of catalog.objects_in_field), ``target`` (the OpenNGC key it is filed under),
+    ``footprint`` (JSON of its four corners on the sky, for the sky map) and
     ``shown_object`` (the name it is listed under: its OBJECT, or the main object in the field when
     OBJECT is empty or names something outside it)."""
     summary = solve.sky_summary(header)
@@ -89,8 +90,10 @@ def sky_columns(header: fits.Header) -> dict:
     target, shown = catalog.filed_under(header_object, objects, int(header.get("NAXIS1", 0)),
                                         int(header.get("NAXIS2", 0)))
     filter_name = str(header.get("FILTER", "") or "").strip()[:16] or None
+    outline = [[round(ra, 5), round(dec, 5)] for ra, dec in summary["footprint"]] if summary["solved"] else None
     return {"filter": filter_name, "solved": summary["solved"], "sky": json.dumps(summary),
-            "objects": json.dumps(objects), "target": target, "shown_object": shown}
+            "objects": json.dumps(objects), "target": target, "footprint": json.dumps(outline),
+            "shown_object": shown}
 
 
 def record_sky(db, stack_id: int, fits_path) -> None:

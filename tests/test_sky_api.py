@@ -185,3 +185,29 @@ def test_the_stack_page_overlays_objects_grid_pointer_coordinates_and_scale(sky,
 
 def shot(page, artifacts, name):
     page.screenshot(path=artifacts / f"{name}.png", full_page=True)
+
+
+def test_the_sky_map_draws_each_solved_stack_as_its_footprint(sky, page):
+    d, alice, _ = sky
+    data = alice.get("/api/v1/skymap").json()
+    at = {f: i for i, f in enumerate(data["fields"])}
+    rows = {row[at["id"]]: row for row in data["stacks"]}
+    assert len(rows) == 2                         # alice's chunk stack and her deep stack
+    for stack_id, row in rows.items():
+        wcs = alice.get(f"/api/v1/stacks/{stack_id}").json()["wcs"]
+        assert row[at["footprint"]] == [[round(ra, 5), round(dec, 5)] for ra, dec in wcs["footprint"]]
+
+    log_in(page, d.url, "alice")
+    page.goto(d.url + "/map")
+    outlines = page.locator("svg.skymap path.footprint")
+    outlines.first.wait_for()
+    assert outlines.count() == 2
+    # the outline is the field's, not a dot: four corners, sides in the S50's 43′ × 76′ proportion
+    corners = outlines.first.evaluate("""(p) => {
+        const pts = [], d = p.getAttribute("d");
+        for (const m of d.matchAll(/[ML]\\s*(-?[\\d.]+)[ ,](-?[\\d.]+)/g)) pts.push([+m[1], +m[2]]);
+        return pts; }""")
+    assert len(corners) == 4, corners
+    sides = sorted(((corners[i][0] - corners[i - 1][0]) ** 2 + (corners[i][1] - corners[i - 1][1]) ** 2) ** 0.5
+                   for i in range(4))
+    assert 1.5 < sides[2] / sides[1] < 2.1 and sides[0] > 0.5
