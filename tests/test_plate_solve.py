@@ -145,3 +145,48 @@ def test_a_file_never_solved_is_solved_in_place(m94_stack, tmp_path):
     assert header["PLTSOLVD"] is True and "PLTREASN" not in header
     again, first = solve.sky_summary(header), solve.sky_summary(fits.getheader(m94_stack))
     assert np.allclose(again["footprint"], first["footprint"], atol=2 / 3600)   # the same field to 2″
+
+
+# ------------------------------------------------------------- deep stacks placed by their WCS
+
+@needs_solver
+@needs_frames
+def test_a_resampled_s50_stack_is_placed_by_its_wcs_and_joins_the_deep_stack(m94_stack):
+    """An S50 stack resampled to 0.6x (an S30-like pixel scale), plate solved on its own, is placed on
+    an S50 grid by the two WCSs; star matching refines that to what matching stars alone finds."""
+    from lib.stacking import deep
+
+    with fits.open(m94_stack) as hdul:
+        header = hdul[0].header
+        image = hdul[0].data.astype(np.float32)
+        coverage = hdul["COVERAGE"].data.astype(np.float32)
+    running = deep.start(image, coverage, deep.measure(image))
+    coarse = np.stack([cv2.resize(plane, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA) for plane in image])
+    coarse_coverage = cv2.resize(coverage, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    hint = solve.hint_from_header(header)
+    solution = solve.solve_luminance(solve.stack_luminance(coarse),
+                                     solve.Hint(hint.ra_deg, hint.dec_deg, hint.scale_arcsec / 0.6))
+    assert solution.solved, solution.reason
+    coarse_header = fits.Header()
+    solve.write_solution(coarse_header, solution)
+
+    placement = deep.wcs_placement(solve.celestial_wcs(coarse_header), solve.celestial_wcs(header), coarse.shape[1:])
+    # the pixel mapping of a 0.6x resize: x_grid = (x + 0.5) / 0.6 - 0.5, with no turn
+    truth = np.array([[1 / 0.6, 0, 0.5 / 0.6 - 0.5], [0, 1 / 0.6, 0.5 / 0.6 - 0.5]])
+    h, w = coarse.shape[1:]
+    corners = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], float)
+    off = lambda m: np.abs(apply(m, corners) - apply(truth, corners)).max()       # noqa: E731
+    assert off(placement) < 3.0                                     # the WCSs alone: within a few pixels
+    measured = deep.measure(coarse)
+    refined = deep.register_onto(measured, running, placement)
+    assert off(refined) < 0.5                                       # star pairs bring it under a pixel
+    from_stars = deep.register_onto(measured, running)
+    assert np.abs(apply(refined, corners) - apply(from_stars, corners)).max() < 0.5
+    weight_before = running.weight.copy()
+    scale = deep.add(running, coarse, coarse_coverage, measured, placement)
+    assert scale == pytest.approx(1.0, rel=0.1)                     # the same sky, the same brightness
+    assert (running.weight > weight_before).mean() > 0.9            # it joined: the grid got deeper
+
+
+def apply(matrix, xy):
+    return xy @ matrix[:, :2].T + matrix[:, 2]

@@ -76,7 +76,7 @@ def update_group(group_path: Path | None, source_path: Path, kind: str, progress
         return _added(deep.start(image, coverage, measured), _new_header(source), source, kind, 1.0, 0)
     running, header = read_running(group_path)
     progress(0.5, "registering onto the group")
-    scale = deep.add(running, image, coverage, measured)
+    scale = deep.add(running, image, coverage, measured, _placement(source, header, image.shape[1:]))
     return _added(running, header, source, kind, scale, int(header["GROUPVER"]))
 
 
@@ -91,9 +91,20 @@ def rebuild_group(source_paths: list[Path], kind: str, version: int, progress) -
         if result is None:
             result = _added(deep.start(image, coverage, measured), _new_header(source), source, kind, 1.0, version)
         else:
-            scale = deep.add(result.running, image, coverage, measured)
+            scale = deep.add(result.running, image, coverage, measured,
+                             _placement(source, result.header, image.shape[1:]))
             result = _added(result.running, result.header, source, kind, scale, version)
     return result
+
+
+def _placement(source: fits.Header, group: fits.Header, shape: tuple[int, int]):
+    """Where the group's and the stack's plate solutions put the stack on the grid, or None when
+    either is not solved (star matching alone then)."""
+    source_wcs = solve.celestial_wcs(source) if source.get("PLTSOLVD") is True else None
+    group_wcs = solve.celestial_wcs(group) if group.get("PLTSOLVD") is True else None
+    if source_wcs is None or group_wcs is None:
+        return None
+    return deep.wcs_placement(source_wcs, group_wcs, shape)
 
 
 def _new_header(source: fits.Header) -> fits.Header:
