@@ -112,6 +112,8 @@ def complete_group_job(db, archive, lease, fits_path, preview_path) -> int | Non
     with open(preview_path, "rb") as f:
         archive.put(preview_key, f)
     header = fits.getheader(fits_path)
+    sky = stacks.sky_columns(header)             # its WCS, objects and filter, stored with the new version
+    sky.pop("shown_object")
     built_on = int(header["GROUPVER"]) - 1       # the version this result was built from
     old_keys = (group["fits_key"], group["preview_key"])
 
@@ -135,6 +137,7 @@ def complete_group_job(db, archive, lease, fits_path, preview_path) -> int | Non
             object=group["object"], id=group["id"], version=built_on))
         if moved.rowcount != 1:
             raise GroupConflict(f"{group['kind']} stack {group['id']} changed while this job worked")
+        tx["stacks"].update({"id": group["id"], **sky}, ["id"])
         return group["id"]
 
     try:
@@ -146,7 +149,6 @@ def complete_group_job(db, archive, lease, fits_path, preview_path) -> int | Non
         delete_quietly(archive, (fits_key, preview_key))
         return None
     delete_quietly(archive, [k for k in old_keys if k])
-    stacks.record_sky(db, group_id, fits_path)
     return group_id
 
 

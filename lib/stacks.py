@@ -96,13 +96,6 @@ def sky_columns(header: fits.Header) -> dict:
             "shown_object": shown}
 
 
-def record_sky(db, stack_id: int, fits_path) -> None:
-    """Store what a deep or crowd stack's FITS says about its place on the sky in its row."""
-    columns = sky_columns(fits.getheader(fits_path))
-    columns.pop("shown_object")
-    with db as tx:
-        tx["stacks"].update({"id": stack_id, **columns}, ["id"])
-
 
 def _median(values):
     values = sorted(v for v in values if v is not None)
