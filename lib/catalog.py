@@ -199,6 +199,8 @@ def filed_under(header_object: str | None, objects: list[dict], width: int, heig
     The OBJECT header when it names a catalogue object inside the field (or the field is unknown);
     else, when the field holds catalogue objects, its main object; else the header's name as it is.
     """
+    if (header_object or "").strip().lower() == "unknown":     # what the upload path writes for no OBJECT
+        header_object = ""
     key = canonical(header_object)
     in_field = {o["key"] for o in objects}
     if key and (key in in_field or not objects):

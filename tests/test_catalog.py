@@ -69,6 +69,7 @@ def test_an_empty_or_wrong_object_is_filed_under_the_main_object_in_the_field():
     assert catalog.filed_under("M 94", objects, WIDTH, HEIGHT) == ("NGC4736", "M 94")
     assert catalog.filed_under("ngc4736", objects, WIDTH, HEIGHT) == ("NGC4736", "ngc4736")
     assert catalog.filed_under("", objects, WIDTH, HEIGHT) == ("NGC4736", "M 94")
+    assert catalog.filed_under("unknown", objects, WIDTH, HEIGHT) == ("NGC4736", "M 94")
     assert catalog.filed_under("M 31", objects, WIDTH, HEIGHT) == ("NGC4736", "M 94")      # not in the field
     assert catalog.filed_under("Comet C/2025 A1", objects, WIDTH, HEIGHT) == ("NGC4736", "Comet C/2025 A1")
     # unsolved (no objects known): the header is all there is
