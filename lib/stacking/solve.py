@@ -40,11 +40,20 @@ TIME_LIMIT_S = 20.0             # CPU seconds the solver may spend; a hinted sol
 WCS_KEYWORDS = ("WCSAXES", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2",
                 "CD1_1", "CD1_2", "CD2_1", "CD2_2", "EQUINOX", "RADESYS", "LONPOLE", "LATPOLE")
 SIP_PREFIXES = ("A_", "B_", "AP_", "BP_")
+KEPT_KEYWORDS = ("EQUINOX", "RADESYS")   # the telescope's own (they describe its RA/DEC too): kept when unsolved
 
 
 @dataclass(frozen=True)
 class Hint:
-    """Where to look: the pointing (degrees, ICRS) and, when the optics are known, the pixel scale (″/px)."""
+    """Where the solver looks.
+
+    Attributes
+    ----------
+    ra_deg, dec_deg : float
+        Pointing of the telescope, degrees (ICRS).
+    scale_arcsec : float or None
+        Pixel scale from the optics, arcseconds per pixel; None when unknown.
+    """
 
     ra_deg: float
     dec_deg: float
@@ -55,8 +64,14 @@ class Hint:
 class Solution:
     """A solve's outcome.
 
-    wcs: the celestial WCS cards (1-based FITS pixels of the solved image), None when not solved;
-    reason: why not (shown to the owner), None when solved; seconds: wall time the solver took.
+    Attributes
+    ----------
+    wcs : astropy.io.fits.Header or None
+        The celestial WCS cards (1-based FITS pixels of the solved image); None when not solved.
+    reason : str or None
+        Why it is not solved, in words fit for the owner; None when solved.
+    seconds : float
+        Wall time the solver took.
     """
 
     wcs: fits.Header | None
@@ -69,8 +84,22 @@ class Solution:
 
 
 def pixel_scale_arcsec(focal_mm: float, pixel_um: float) -> float:
-    """Sky angle of one pixel in arcseconds: 206.265 × pixel size (µm) / focal length (mm).
+    """Sky angle of one pixel: 206.265 × pixel size / focal length.
 
+    Parameters
+    ----------
+    focal_mm : float
+        Focal length, millimetres (FOCALLEN).
+    pixel_um : float
+        Pixel size with binning, micrometres (XPIXSZ).
+
+    Returns
+    -------
+    float
+        Arcseconds per pixel.
+
+    Examples
+    --------
     >>> round(pixel_scale_arcsec(250, 2.9), 3)   # Seestar S50
     2.393
     """
@@ -78,9 +107,20 @@ def pixel_scale_arcsec(focal_mm: float, pixel_um: float) -> float:
 
 
 def hint_from_header(header: Mapping) -> Hint | None:
-    """The solver's hint from a frame's or stack's header: RA/DEC (degrees) and, when FOCALLEN (mm)
-    and XPIXSZ (µm, binning included as Seestars write it) are positive numbers, the pixel scale.
-    None when RA or DEC is missing or not a number: the solver would have to search the whole sky."""
+    """The solver's hint from a frame's or stack's header.
+
+    Parameters
+    ----------
+    header : Mapping
+        Header keywords: RA, DEC (degrees) and, optionally, FOCALLEN (mm) and XPIXSZ (µm, binning
+        included, as Seestars write it).
+
+    Returns
+    -------
+    Hint or None
+        The pointing, with the pixel scale when FOCALLEN and XPIXSZ are positive numbers; None when
+        RA or DEC is missing or not a position (the solver would have to search the whole sky).
+    """
     try:
         ra, dec = float(header["RA"]), float(header["DEC"])
     except (KeyError, TypeError, ValueError):
@@ -99,7 +139,25 @@ def hint_from_header(header: Mapping) -> Hint | None:
 
 def solver_command(image: Path, out_dir: Path, hint: Hint | None, *, time_limit: float = TIME_LIMIT_S,
                    solver: str = SOLVER) -> list[str]:
-    """The solve-field command line for *image*, writing only its WCS (``<stem>.wcs``) into *out_dir*."""
+    """The solve-field command line.
+
+    Parameters
+    ----------
+    image : Path
+        The float FITS to solve.
+    out_dir : Path
+        Where the solver writes; only ``<stem>.wcs`` (and its temporary files) end up there.
+    hint : Hint or None
+        Pointing (``--ra --dec --radius``) and scale (``--scale-low/high``, ± SCALE_TOLERANCE).
+    time_limit : float
+        CPU seconds (``--cpulimit``).
+    solver : str
+        The executable.
+
+    Returns
+    -------
+    list of str
+    """
     command = [solver, "--no-plots", "--overwrite", "--dir", str(out_dir), "--downsample", str(DOWNSAMPLE),
                "--cpulimit", str(int(math.ceil(time_limit))), "--crpix-center", "--temp-axy",
                # its line removal and uniformising start a Python interpreter each: half the CPU time of
@@ -122,14 +180,29 @@ def solver_available(solver: str = SOLVER) -> bool:
 
 def solve_luminance(luminance: np.ndarray, hint: Hint | None, *, time_limit: float = TIME_LIMIT_S,
                     solver: str = SOLVER, tmp_dir: str | None = None) -> Solution:
-    """Plate-solve an image.
+    """Plate-solve an image with solve-field.
 
-    luminance: (H, W) float array, any linear brightness unit (NaN allowed: written as 0);
-    hint: pointing and scale (see `hint_from_header`). Without both the solve is not tried: a blind
-    search of the sky or of every scale takes minutes, which a stacker cannot spend on every stack.
-    The image is written as a float32 FITS into a temporary directory, which is removed afterwards;
-    the solver is stopped (its whole process group) if it overruns *time_limit* by 15 s.
-    Never raises for a field that does not solve or a missing solver: the Solution says why.
+    The image is written as a float32 FITS into a temporary directory (removed afterwards); the
+    solver is stopped, its whole process group, if it overruns *time_limit* by 15 s.
+
+    Parameters
+    ----------
+    luminance : numpy.ndarray
+        (H, W) float, any linear brightness unit; NaN is written as 0.
+    hint : Hint or None
+        Pointing and scale (see `hint_from_header`). Without both the solve is not tried: a blind
+        search of the sky or of every scale takes minutes, which a stacker cannot spend on a stack.
+    time_limit : float
+        CPU seconds the solver may spend.
+    solver : str
+        The solve-field executable.
+    tmp_dir : str or None
+        Where the temporary directory goes; None: the system's.
+
+    Returns
+    -------
+    Solution
+        Solved, or why not. Never raises for a field that does not solve or a missing solver.
     """
     if not solver_available(solver):
         return Solution(None, f"no plate solver installed ({solver} not found)")
@@ -163,7 +236,17 @@ def solve_luminance(luminance: np.ndarray, hint: Hint | None, *, time_limit: flo
 
 
 def wcs_cards(header: fits.Header) -> fits.Header:
-    """Only the celestial WCS keywords (TAN, SIP) of a solver's header, without its comments and history."""
+    """The celestial WCS keywords (TAN, SIP) of a solver's header, without its comments and history.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        What solve-field wrote into ``<stem>.wcs``.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+    """
     cards = fits.Header()
     for card in header.cards:
         key = card.keyword
@@ -177,8 +260,15 @@ def wcs_cards(header: fits.Header) -> fits.Header:
 def write_solution(header: fits.Header, solution: Solution) -> None:
     """Put the solve's outcome into a stack's primary header, in place.
 
-    Solved: the WCS cards, PLTSOLVD = T and PLTSCALE (″/px). Not solved: PLTSOLVD = F and PLTREASN.
     Earlier WCS or solve keywords are removed first, so a header never mixes two solutions.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        The stack's primary header.
+    solution : Solution
+        Solved: the WCS cards, ``PLTSOLVD = T`` and ``PLTSCALE`` (″/px) are written. Not solved:
+        ``PLTSOLVD = F`` and ``PLTREASN`` (the reason).
     """
     clear_solution(header)
     if not solution.solved:
@@ -193,8 +283,8 @@ def write_solution(header: fits.Header, solution: Solution) -> None:
 
 def clear_solution(header: fits.Header) -> None:
     """Remove every WCS and solve keyword from *header*, in place."""
-    for key in [k for k in header if k in WCS_KEYWORDS or k.startswith(SIP_PREFIXES)
-                or k in ("PLTSOLVD", "PLTSCALE", "PLTREASN")]:
+    for key in [k for k in header if (k in WCS_KEYWORDS and k not in KEPT_KEYWORDS)
+                or k.startswith(SIP_PREFIXES) or k in ("PLTSOLVD", "PLTSCALE", "PLTREASN")]:
         del header[key]
 
 
@@ -208,9 +298,19 @@ def copy_solution(source: fits.Header, target: fits.Header) -> None:
 
 
 def celestial_wcs(header: fits.Header) -> WCS | None:
-    """The header's celestial WCS (2 axes, SIP applied), or None when it has none.
+    """The header's celestial WCS.
 
-    A stack's primary HDU is (3, H, W): the WCS describes its two image axes only."""
+    A stack's primary HDU is (3, H, W): the WCS describes its two image axes only.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+
+    Returns
+    -------
+    astropy.wcs.WCS or None
+        Two axes, SIP applied; None when the header has no RA---* axis.
+    """
     if not str(header.get("CTYPE1", "")).startswith("RA---"):
         return None
     cards = fits.Header()
@@ -227,8 +327,20 @@ def scale_arcsec(wcs: WCS) -> float:
 
 
 def rotation_deg(wcs: WCS, width: int, height: int) -> float:
-    """Position angle (degrees east of north, 0-360) of the image's +y axis (NAXIS2 growing) at its
-    centre: 0 when rows run north, 90 when they run east."""
+    """Which way the image's +y axis (NAXIS2 growing) points on the sky, at the image centre.
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS
+        Celestial, two axes.
+    width, height : int
+        Image size, pixels.
+
+    Returns
+    -------
+    float
+        Position angle, degrees east of north in 0..360: 0 when +y runs north, 90 when east.
+    """
     x, y = (width - 1) / 2, (height - 1) / 2
     (ra0, dec0), (ra1, dec1) = wcs.all_pix2world([[x, y], [x, y + 1]], 0)
     ra0, dec0, ra1, dec1 = map(math.radians, (ra0, dec0, ra1, dec1))
@@ -238,8 +350,21 @@ def rotation_deg(wcs: WCS, width: int, height: int) -> float:
 
 
 def footprint(wcs: WCS, width: int, height: int) -> list[list[float]]:
-    """The image's outline on the sky: [[ra, dec]] (degrees) of its four outer corners, in the
-    order (0, 0), (W, 0), (W, H), (0, H) of 0-based pixel edges."""
+    """The image's outline on the sky.
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS
+        Celestial, two axes.
+    width, height : int
+        Image size, pixels.
+
+    Returns
+    -------
+    list of [float, float]
+        [ra, dec] (degrees) of the four outer corners, in the order (0, 0), (W, 0), (W, H), (0, H)
+        of the pixel edges.
+    """
     corners = np.array([[-0.5, -0.5], [width - 0.5, -0.5], [width - 0.5, height - 0.5], [-0.5, height - 0.5]])
     sky = wcs.all_pix2world(corners, 0)
     return [[round(float(ra) % 360.0, 6), round(float(dec), 6)] for ra, dec in sky]
@@ -248,11 +373,20 @@ def footprint(wcs: WCS, width: int, height: int) -> list[list[float]]:
 def sky_summary(header: fits.Header) -> dict:
     """What a stack's header says about its place on the sky, as the API shows it.
 
-    ``{"solved", "ra", "dec", "scale_arcsec", "rotation_deg", "footprint", "reason", "width", "height",
-    "tan"}``: centre in degrees, scale in ″/px, rotation as in `rotation_deg`, footprint as in
-    `footprint`, image size in px, tan: ``{"crpix0": [x, y] 0-based reference pixel, "crval": [ra, dec],
-    "cd": 2×2 degrees per pixel}``. Unsolved
-    stacks carry ``solved: False`` and the reason (None for files written before plate solving).
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+        The stack's primary header.
+
+    Returns
+    -------
+    dict
+        ``solved``; ``ra``, ``dec`` of the image centre (degrees); ``scale_arcsec`` (″/px);
+        ``rotation_deg`` (see `rotation_deg`); ``footprint`` (see `footprint`); ``width``, ``height``
+        (px); ``tan``: ``{"crpix0": [x, y] 0-based reference pixel, "crval": [ra, dec], "cd": 2×2
+        degrees per pixel}``, the projection's linear part; ``reason``. An unsolved stack has
+        ``solved: False``, None for the numbers and the reason (None for files written before plate
+        solving).
     """
     wcs = celestial_wcs(header) if header.get("PLTSOLVD") is True else None
     if wcs is None:
@@ -277,10 +411,23 @@ def stack_luminance(image: np.ndarray) -> np.ndarray:
 
 
 def solve_stack_file(path: Path, *, time_limit: float = TIME_LIMIT_S) -> Solution | None:
-    """Solve the stack FITS at *path* in place, unless its header says a solve was tried (None then).
+    """Solve a stack FITS in place, unless its header says a solve was tried already.
 
     For stacks made outside the pipeline (deep and crowd stacks, telescope stacks); hinted by the
-    header's RA/DEC and optics (FOCALLEN, XPIXSZ)."""
+    header's RA/DEC and optics (FOCALLEN, XPIXSZ).
+
+    Parameters
+    ----------
+    path : Path
+        The stack FITS; its primary header gets the outcome (see `write_solution`).
+    time_limit : float
+        CPU seconds the solver may spend.
+
+    Returns
+    -------
+    Solution or None
+        None when the header already had PLTSOLVD.
+    """
     with fits.open(path, mode="update", memmap=False) as hdul:
         header = hdul[0].header
         if "PLTSOLVD" in header:
