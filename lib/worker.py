@@ -186,7 +186,8 @@ def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
     result.write_fits(fits_path)
     result.write_preview(preview_path)
     beat.update(0.96, "plate solving")
-    solve_stack_file(fits_path)   # deep, crowd and telescope stacks; chunk stacks were solved when stacked
+    # deep, crowd and telescope stacks (chunk stacks were solved when stacked); scratch in the job's folder
+    solve_stack_file(fits_path, tmp_dir=str(workdir))
     beat.update(0.97, "archiving")
     stack_id = source.complete(lease, fits_path, preview_path)
     if stack_id is None:

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -190,3 +191,31 @@ def test_a_resampled_s50_stack_is_placed_by_its_wcs_and_joins_the_deep_stack(m94
 
 def apply(matrix, xy):
     return xy @ matrix[:, :2].T + matrix[:, 2]
+
+
+def test_a_solver_that_hangs_is_stopped_with_everything_it_started(tmp_path, monkeypatch):
+    """A solver past its time limit is killed with its whole process group; the scratch goes too."""
+    pids = tmp_path / "pids"
+    hanging = tmp_path / "hanging-solver"
+    hanging.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pids}\nsleep 300\n")
+    hanging.chmod(0o755)
+    monkeypatch.setattr(solve, "KILL_GRACE_S", 0.5)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    solution = solve.solve_luminance(np.zeros((64, 64), np.float32), solve.Hint(1.0, 2.0, 2.4),
+                                     time_limit=1, solver=str(hanging), tmp_dir=str(scratch))
+    assert not solution.solved and "stopped after" in solution.reason
+    child = int(pids.read_text())
+    deadline = time.monotonic() + 10
+    while alive(child):
+        assert time.monotonic() < deadline, "the solver's child outlived it"
+        time.sleep(0.05)
+    assert list(scratch.iterdir()) == []
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (killed, waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

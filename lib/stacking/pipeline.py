@@ -181,7 +181,7 @@ def run_pipeline(paths: list[Path], names: list[str], report: Progress, options:
                f"combined block {done}/{len(tasks)}")
     pool.close()  # the workers' memory is no longer needed while the result is put together
     return _result(np.array(output.map()), np.array(coverage.map()), names, measured, registered, reasons, used,
-                   reference, weights, rejected, options)
+                   reference, weights, rejected, options, workdir)
 
 
 def _grade(measured: list[Measured], options: StackOptions) -> tuple[list[str | None], int]:
@@ -257,7 +257,7 @@ def _nothing_usable(names: list[str], reasons: list[str | None]) -> str:
 
 
 def _result(image, cover, names, measured, registered, reasons, used, reference, weights, rejected,
-            options) -> StackResult:
+            options, workdir: Path) -> StackResult:
     weight_of = {i: float(weights[k].mean()) for k, i in enumerate(used)}
     verdicts, rows = [], []
     for i, name in enumerate(names):
@@ -301,8 +301,8 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
         solution = None
         if options.plate_solve:
             hint = hint_from_header({key: value for key, value, _ in reference_header.carried})
-            solution = solve_luminance(luminance, hint, time_limit=options.solve_time_limit,
-                                       tmp_dir=options.tmp_dir)
+            # in the stack's scratch folder: removed with it, even after a crash (see runner.py)
+            solution = solve_luminance(luminance, hint, time_limit=options.solve_time_limit, tmp_dir=str(workdir))
         fits_file = io.BytesIO()
         write_stack(fits_file, image, cover, reference=reference_header, reference_name=names[reference],
                     ncombine=len(used), exptime_total=exptime_total, date_beg=date_beg, date_end=date_end,

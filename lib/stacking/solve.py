@@ -37,6 +37,7 @@ SCALE_TOLERANCE = 0.08          # the hinted scale ± 8 %: focal lengths and pix
 SEARCH_RADIUS_DEG = 2.0         # a Seestar's RA/DEC can be a few tenths of a degree off the field centre
 DOWNSAMPLE = 2                  # the solver's source extraction on a half-size image: faster, as sure
 TIME_LIMIT_S = 20.0             # CPU seconds the solver may spend; a hinted solve takes 1-2 s
+KILL_GRACE_S = 15.0             # wall seconds past the CPU limit before the solver's process group is killed
 WCS_KEYWORDS = ("WCSAXES", "CTYPE1", "CTYPE2", "CUNIT1", "CUNIT2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2",
                 "CD1_1", "CD1_2", "CD2_1", "CD2_2", "EQUINOX", "RADESYS", "LONPOLE", "LATPOLE")
 SIP_PREFIXES = ("A_", "B_", "AP_", "BP_")
@@ -183,7 +184,7 @@ def solve_luminance(luminance: np.ndarray, hint: Hint | None, *, time_limit: flo
     """Plate-solve an image with solve-field.
 
     The image is written as a float32 FITS into a temporary directory (removed afterwards); the
-    solver is stopped, its whole process group, if it overruns *time_limit* by 15 s.
+    solver is stopped, its whole process group, if it overruns *time_limit* by KILL_GRACE_S.
 
     Parameters
     ----------
@@ -219,11 +220,12 @@ def solve_luminance(luminance: np.ndarray, hint: Hint | None, *, time_limit: flo
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    start_new_session=True)   # a group of its own: a timeout stops all of it
         try:
-            output, _ = process.communicate(timeout=time_limit + 15)
+            output, _ = process.communicate(timeout=time_limit + KILL_GRACE_S)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-            return Solution(None, f"plate solver gave up after {time_limit + 15:.0f} s", time.monotonic() - started)
+            return Solution(None, f"plate solver stopped after {time_limit + KILL_GRACE_S:.0f} s",
+                            time.monotonic() - started)
         seconds = time.monotonic() - started
         result = scratch / "luminance.wcs"
         if process.returncode != 0:
@@ -410,7 +412,7 @@ def stack_luminance(image: np.ndarray) -> np.ndarray:
     return np.nanmean(image, axis=0, dtype=np.float32) if image.ndim == 3 else np.asarray(image, np.float32)
 
 
-def solve_stack_file(path: Path, *, time_limit: float = TIME_LIMIT_S) -> Solution | None:
+def solve_stack_file(path: Path, *, time_limit: float = TIME_LIMIT_S, tmp_dir: str | None = None) -> Solution | None:
     """Solve a stack FITS in place, unless its header says a solve was tried already.
 
     For stacks made outside the pipeline (deep and crowd stacks, telescope stacks); hinted by the
@@ -422,6 +424,8 @@ def solve_stack_file(path: Path, *, time_limit: float = TIME_LIMIT_S) -> Solutio
         The stack FITS; its primary header gets the outcome (see `write_solution`).
     time_limit : float
         CPU seconds the solver may spend.
+    tmp_dir : str or None
+        Where the solver's temporary directory goes; None: the system's.
 
     Returns
     -------
@@ -433,7 +437,7 @@ def solve_stack_file(path: Path, *, time_limit: float = TIME_LIMIT_S) -> Solutio
         if "PLTSOLVD" in header:
             return None
         hint = hint_from_header(header)
-        solution = solve_luminance(stack_luminance(hdul[0].data), hint, time_limit=time_limit)
+        solution = solve_luminance(stack_luminance(hdul[0].data), hint, time_limit=time_limit, tmp_dir=tmp_dir)
         write_solution(header, solution)
         hdul.flush()
     return solution
