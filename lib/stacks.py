@@ -125,6 +125,7 @@ def record_chunk_stack(tx, job: dict, chunk: dict, frames: list[dict], summary: 
         "preview_key": preview_key, "fits_size": fits_size, "fwhm_px": summary.fwhm_px,
         "noise": summary.noise, "created_at": now(), **summary.sky,
     })
+    tx["jobs"].update({"id": job["id"], "message": plate_message(summary.sky)}, ["id"])
     for frame, verdict in zip(frames, summary.verdicts):
         tx["stack_frames"].insert({
             "stack_id": stack_id, "frame_id": frame["id"], "filename": frame["filename"],
@@ -133,6 +134,14 @@ def record_chunk_stack(tx, job: dict, chunk: dict, frames: list[dict], summary: 
             "background": verdict["background"], "noise": verdict["noise"],
         })
     return stack_id
+
+
+def plate_message(columns: dict) -> str:
+    """The finished job's message about its plate solve: the scale found, or why there is none."""
+    sky = json.loads(columns.get("sky") or "null") or {}
+    if sky.get("solved"):
+        return f"done; plate solved at {sky['scale_arcsec']:.2f} arcsec/px"
+    return f"done; not plate solved: {sky.get('reason') or 'not tried'}"[:255]
 
 
 def delete_stack(db, archive, stack: dict) -> None:

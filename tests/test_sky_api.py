@@ -75,6 +75,8 @@ def test_a_chunk_stack_shows_its_wcs_and_names_m94_on_its_nucleus(sky):
     d, alice, _ = sky
     [stack] = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
     assert stack["solved"] is True and stack["filter"] == "IRCUT"
+    [job] = [j for s in alice.get("/api/v1/status").json()["sessions"] for c in s["chunks"] for j in [c["job"]]]
+    assert job["message"].startswith("done; plate solved at 2.3"), job
     detail = alice.get(f"/api/v1/stacks/{stack['id']}").json()
     wcs = detail["wcs"]
     assert wcs["solved"] is True and wcs["scale_arcsec"] == pytest.approx(2.39, rel=0.03)
