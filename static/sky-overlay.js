@@ -47,15 +47,17 @@
     };
   }
 
+  // rounded first, then split, so that 59.96 s reads 1 m 00.0 s and never 60.0 s
   function raText(ra) {
-    const h = ra / 15, hh = Math.floor(h), mm = Math.floor((h - hh) * 60), ss = ((h - hh) * 60 - mm) * 60;
+    const tenths = Math.round(((ra % 360) + 360) % 360 / 15 * 36000) % (24 * 36000);
+    const hh = Math.floor(tenths / 36000), mm = Math.floor(tenths / 600) % 60, ss = (tenths % 600) / 10;
     return `${hh}h ${String(mm).padStart(2, "0")}m ${ss.toFixed(1).padStart(4, "0")}s`;
   }
 
   function decText(dec) {
-    const sign = dec < 0 ? "−" : "+", v = Math.abs(dec);
-    const dd = Math.floor(v), mm = Math.floor((v - dd) * 60), ss = Math.round(((v - dd) * 60 - mm) * 60);
-    return `${sign}${dd}° ${String(mm).padStart(2, "0")}′ ${String(Math.min(ss, 59)).padStart(2, "0")}″`;
+    const sign = dec < 0 ? "−" : "+", seconds = Math.round(Math.abs(dec) * 3600);
+    const dd = Math.floor(seconds / 3600), mm = Math.floor(seconds / 60) % 60, ss = seconds % 60;
+    return `${sign}${dd}° ${String(mm).padStart(2, "0")}′ ${String(ss).padStart(2, "0")}″`;
   }
 
   function control(label, name, checked) {
@@ -96,14 +98,14 @@
     tools.append(bar, readout);
 
     // --- objects ---------------------------------------------------------------------------------
-    const stroke = Math.max(1.5, W / 600);
+    // Strokes keep their width on screen (vector-effect in the CSS); text is sized in ems of the
+    // SVG's font size, which follow() keeps at 12 CSS pixels whatever the zoom.
     for (const o of stack.objects || []) {
       const points = (o.outline || []).map(([x, y]) => `${svgX(x).toFixed(1)},${svgY(y).toFixed(1)}`).join(" ");
       const g = el("g", {class: "sky-object", "data-name": o.name}, outlines);
-      if (points) el("polygon", {points, "stroke-width": stroke}, g);
+      if (points) el("polygon", {points}, g);
       const top = Math.min(...(o.outline || [[o.x, o.y]]).map(([, y]) => svgY(y)));
-      const label = el("text", {x: svgX(o.x), y: Math.max(top - 6 * stroke, 12 * stroke), "font-size": 9 * stroke,
-                                "text-anchor": "middle"}, g);
+      const label = el("text", {x: svgX(o.x), y: top, dy: "-0.5em", "text-anchor": "middle"}, g);
       label.textContent = o.name;
       el("title", {}, g).textContent = [o.name, ...(o.aliases || [])].join(" · ") + ` (${o.type})`;
     }
@@ -121,26 +123,26 @@
       const raStep = STEPS.find((s) => s >= step / Math.max(Math.cos(wcs.dec * RAD), 0.05)) || step;
       const raLo = wcs.ra + Math.min(...ras), raHi = wcs.ra + Math.max(...ras);
       const pad = 2 * step;
-      const line = (pts, text) => {
+      // a line's label sits where it enters the picture on the left (Dec) or at the top (RA), inside
+      const line = (pts, text, atTop) => {
         const inside = pts.filter(Boolean);
         if (inside.length < 2) return;
-        el("polyline", {points: inside.map(([x, y]) => `${svgX(x).toFixed(1)},${svgY(y).toFixed(1)}`).join(" "),
-                        "stroke-width": stroke * 0.7}, grid);
-        const first = inside.find(([x, y]) => x >= 0 && y >= 0 && x < W && y < H);
-        if (first) {
-          const t = el("text", {x: svgX(first[0]) + 4 * stroke, y: svgY(first[1]) - 4 * stroke, "font-size": 8 * stroke}, grid);
-          t.textContent = text;
-        }
+        el("polyline", {points: inside.map(([x, y]) => `${svgX(x).toFixed(1)},${svgY(y).toFixed(1)}`).join(" ")}, grid);
+        const shown = inside.filter(([x, y]) => x >= 0 && y >= 0 && x < W && y < H);
+        if (!shown.length) return;
+        const edge = shown.reduce((a, b) => (atTop ? svgY(b[1]) < svgY(a[1]) : svgX(b[0]) < svgX(a[0])) ? b : a);
+        const t = el("text", {x: svgX(edge[0]), y: svgY(edge[1]), dx: "0.3em", dy: atTop ? "1em" : "-0.3em"}, grid);
+        t.textContent = text;
       };
       for (let d = Math.ceil((decLo - pad) / step) * step; d <= decHi + pad; d += step) {
         const pts = [];
         for (let k = 0; k <= 60; k++) pts.push(proj.toPixel(raLo - pad + (raHi - raLo + 2 * pad) * k / 60, d));
-        line(pts, decText(d).replace(/ 00″$/, ""));
+        line(pts, decText(d).replace(/ 00″$/, ""), false);
       }
       for (let r = Math.ceil((raLo - pad) / raStep) * raStep; r <= raHi + pad; r += raStep) {
         const pts = [];
         for (let k = 0; k <= 60; k++) pts.push(proj.toPixel(r, decLo - pad + (decHi - decLo + 2 * pad) * k / 60));
-        line(pts, raText((r + 360) % 360).replace(/\.0s$/, "s"));
+        line(pts, raText(r).replace(/\.0s$/, "s"), true);
       }
     }
 
@@ -154,6 +156,7 @@
       // scale bar: a round number of arcminutes that shows as 60-160 CSS pixels at this zoom
       const cssPerPixel = img.getBoundingClientRect().width / W;
       if (!(cssPerPixel > 0)) return;
+      svg.style.fontSize = (12 / cssPerPixel).toFixed(2) + "px";
       const arcmin = [0.5, 1, 2, 5, 10, 15, 20, 30, 60].find((m) => m * 60 / wcs.scale_arcsec * cssPerPixel >= 60) || 60;
       bar.querySelector(".bar").style.width = (arcmin * 60 / wcs.scale_arcsec * cssPerPixel).toFixed(1) + "px";
       bar.querySelector(".label").textContent = arcmin >= 1 ? `${arcmin}′` : `${arcmin * 60}″`;
