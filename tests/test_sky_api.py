@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import requests
 from astropy.io import fits
 
 from tests.apps import ROOT, Deployment
@@ -38,19 +40,51 @@ def upload(user, named_bodies) -> None:
     assert user.post(f"/api/v1/sessions/{session}/finalize").status_code == 200
 
 
+def settled(user) -> bool:
+    """Every job of the user's (stacking, deep and crowd updates) has finished."""
+    found = [c["job"] for s in user.get("/api/v1/status").json()["sessions"] for c in s["chunks"]]
+    found += [u for s in user.get("/api/v1/status").json()["sessions"] for c in s["chunks"] for u in c["updates"]]
+    return all(job and job["status"] in ("done", "failed") for job in found)
+
+
 def stack_all(d: Deployment, expected: dict) -> None:
     """One stacker (--loop: no interpreter start per job) until every user sees as many stacks as expected."""
     stacker = subprocess.Popen([sys.executable, "stacker.py", "--loop"], cwd=ROOT, env=d.env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
-        while not all(len(user.get("/api/v1/stacks").json()["stacks"]) == count for user, count in expected.items()):
+        while not all(settled(user) and len(user.get("/api/v1/stacks").json()["stacks"]) == count
+                      for user, count in expected.items()):
             assert time.monotonic() < deadline, "the stacks were not made in time"
             assert stacker.poll() is None, "the stacker exited"
             time.sleep(0.5)
     finally:
         stacker.terminate()
         stacker.wait(60)
+
+
+def telescope_stacks(frames) -> tuple[bytes, bytes]:
+    """FITS bytes of a stack of *frames* as a telescope would send it (no WCS), and of the same stack
+    resampled to 0.6x with a focal length to match."""
+    import cv2
+    from lib.stacking import StackOptions, stack_files
+
+    result = stack_files(frames, options=StackOptions(plate_solve=False))
+    with fits.open(io.BytesIO(result.fits_bytes)) as hdul:
+        header, image = hdul[0].header, hdul[0].data
+        keep = fits.Header([card for card in header.cards
+                            if card.keyword in ("OBJECT", "TELESCOP", "INSTRUME", "FILTER", "RA", "DEC", "FOCALLEN",
+                                                "XPIXSZ", "YPIXSZ", "NCOMBINE", "EXPTIME", "DATE-OBS")])
+    out = []
+    for factor in (1.0, 0.6):
+        picture = image if factor == 1.0 else np.stack(
+            [cv2.resize(p, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA) for p in image])
+        head = keep.copy()
+        head["FOCALLEN"] = header["FOCALLEN"] * factor
+        buffer = io.BytesIO()
+        fits.PrimaryHDU(picture.astype(np.float32), header=head).writeto(buffer)
+        out.append(buffer.getvalue())
+    return out[0], out[1]
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +99,22 @@ def sky(tmp_path_factory):
         # he switched to the LP filter half-way through the quarter hour
         upload(bob, [(p.name, frame_with(p, OBJECT="")) for p in frames[:3]]
                + [(p.name, frame_with(p, OBJECT="", FILTER="LP")) for p in frames[3:]])
-        stack_all(d, {alice: 2, bob: 4})     # three chunk stacks, three deep stacks
-        yield d, alice, bob
+        # carol uploads two stacks made elsewhere: an S50 stack, and the same resampled to 0.6x with the
+        # optics of an S30-like telescope (FOCALLEN x 0.6); both join one deep stack
+        carol = d.user("carol")
+        s50, coarse = telescope_stacks(frames)
+        for name, body in (("s50-stack.fit", s50), ("coarse-stack.fit", coarse)):
+            sent = requests.post(d.url + "/api/upload_stack.php", auth=("carol", "correct horse battery"),
+                                 files={"file": (name, body)})
+            assert sent.status_code == 200, sent.text
+        stack_all(d, {alice: 2, bob: 4, carol: 3})     # 5 chunk or imported stacks, 4 deep stacks
+        yield d, alice, bob, carol
     finally:
         d.stop_app()
 
 
 def test_a_chunk_stack_shows_its_wcs_and_names_m94_on_its_nucleus(sky):
-    d, alice, _ = sky
+    d, alice, _, _ = sky
     [stack] = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
     assert stack["solved"] is True and stack["filter"] == "IRCUT"
     [job] = [j for s in alice.get("/api/v1/status").json()["sessions"] for c in s["chunks"] for j in [c["job"]]]
@@ -93,7 +135,7 @@ def test_a_chunk_stack_shows_its_wcs_and_names_m94_on_its_nucleus(sky):
 
 
 def test_the_deep_stack_carries_the_wcs_of_its_grid(sky):
-    _, alice, _ = sky
+    _, alice, _, _ = sky
     [deep] = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "deep"]
     detail = alice.get(f"/api/v1/stacks/{deep['id']}").json()
     assert detail["wcs"]["solved"] is True and [o["name"] for o in detail["objects"]] == ["M 94"]
@@ -101,7 +143,7 @@ def test_the_deep_stack_carries_the_wcs_of_its_grid(sky):
 
 @pytest.mark.parametrize("written", ["M94", "m 94", "NGC 4736", "ngc4736", "M 94"])
 def test_any_spelling_finds_the_m94_stacks(sky, written):
-    _, alice, bob = sky
+    _, alice, bob, _ = sky
     found = alice.get("/api/v1/stacks", params={"object": written}).json()["stacks"]
     assert sorted(s["kind"] for s in found) == ["chunk", "deep"]
     assert len(bob.get("/api/v1/stacks", params={"object": written}).json()["stacks"]) == 4
@@ -109,14 +151,14 @@ def test_any_spelling_finds_the_m94_stacks(sky, written):
 
 
 def test_a_stack_without_object_is_filed_under_what_its_wcs_shows(sky):
-    _, _, bob = sky
+    _, _, bob, _ = sky
     chunk_stacks = [s for s in bob.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
     assert [s["object"] for s in chunk_stacks] == ["M 94", "M 94"]
 
 
 def test_ircut_and_lp_frames_never_share_a_chunk_or_a_deep_stack(sky):
     """One session, one quarter hour, one pointing, two filters: two chunks, two deep stacks."""
-    _, _, bob = sky
+    _, _, bob, _ = sky
     listing = bob.get("/api/v1/stacks").json()["stacks"]
     by_kind = {kind: sorted((s["filter"], s["frames"]) for s in listing if s["kind"] == kind)
                for kind in ("chunk", "deep")}
@@ -126,7 +168,7 @@ def test_ircut_and_lp_frames_never_share_a_chunk_or_a_deep_stack(sky):
 
 
 def test_the_gallery_filter_takes_any_spelling(sky):
-    d, alice, _ = sky
+    d, alice, _, _ = sky
     ids = {s["id"] for s in alice.get("/api/v1/stacks").json()["stacks"]}
     page = alice.get("/stacks", params={"object": "ngc4736"}).text
     assert all(f'href="/stacks/{i}"' in page for i in ids), page[:2000]
@@ -150,7 +192,7 @@ def on_screen(page, x, y, width, height):
 
 
 def test_the_stack_page_overlays_objects_grid_pointer_coordinates_and_scale(sky, page, artifacts):
-    d, alice, _ = sky
+    d, alice, _, _ = sky
     problems = []
     page.on("pageerror", lambda e: problems.append(str(e)))
     [stack] = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
@@ -208,7 +250,7 @@ def shot(page, artifacts, name):
 
 
 def test_the_sky_map_draws_each_solved_stack_as_its_footprint(sky, page):
-    d, alice, _ = sky
+    d, alice, _, _ = sky
     data = alice.get("/api/v1/skymap").json()
     at = {f: i for i, f in enumerate(data["fields"])}
     rows = {row[at["id"]]: row for row in data["stacks"]}
@@ -231,3 +273,22 @@ def test_the_sky_map_draws_each_solved_stack_as_its_footprint(sky, page):
     sides = sorted(((corners[i][0] - corners[i - 1][0]) ** 2 + (corners[i][1] - corners[i - 1][1]) ** 2) ** 0.5
                    for i in range(4))
     assert 1.5 < sides[2] / sides[1] < 2.1 and sides[0] > 0.5
+
+
+def test_an_s30_scale_stack_joins_the_deep_stack_placed_by_its_wcs(sky):
+    """Telescope stacks are plate solved after import; one at 0.6x the S50's pixel scale is added to
+    the same deep stack as the S50 one."""
+    _, _, _, carol = sky
+    listing = carol.get("/api/v1/stacks").json()["stacks"]
+    imported = [s for s in listing if s["kind"] == "chunk"]
+    scales = sorted(carol.get(f"/api/v1/stacks/{s['id']}").json()["wcs"]["scale_arcsec"] for s in imported)
+    assert scales == [pytest.approx(2.38, abs=0.03), pytest.approx(3.96, abs=0.05)]
+    updates = [u for s in carol.get("/api/v1/status").json()["sessions"] for c in s["chunks"] for u in c["updates"]]
+    assert [u["status"] for u in updates] == ["done", "done"], updates
+    [deep] = [s for s in listing if s["kind"] == "deep"]
+    assert deep["frames"] == sum(s["frames"] for s in imported) == 12
+    detail = carol.get(f"/api/v1/stacks/{deep['id']}").json()
+    assert sorted(s["id"] for s in detail["chunk_stacks"]) == sorted(s["id"] for s in imported)
+    assert detail["wcs"]["solved"] and [o["name"] for o in detail["objects"]] == ["M 94"]
+    with fits.open(io.BytesIO(carol.get(deep["fits_url"]).content)) as hdul:
+        assert hdul[0].header["NSTACKS"] == 2 and hdul[0].header["LASTSCAL"] == pytest.approx(1.0, rel=0.15)
