@@ -150,6 +150,14 @@ def test_any_spelling_finds_the_m94_stacks(sky, written):
     assert alice.get("/api/v1/stacks", params={"object": "M 31"}).json()["stacks"] == []
 
 
+@pytest.mark.parametrize("odd", ["M", "NGC", "M 9999", "x" * 500, "'; DROP TABLE stacks; --", "%", "\u2603"])
+def test_an_object_search_for_no_catalogue_name_finds_nothing_and_does_not_fail(sky, odd):
+    _, alice, _, _ = sky
+    answer = alice.get("/api/v1/stacks", params={"object": odd})
+    assert answer.status_code == 200 and answer.json()["stacks"] == []
+    assert alice.get("/stacks", params={"object": odd}).status_code == 200
+
+
 def test_a_stack_without_object_is_filed_under_what_its_wcs_shows(sky):
     _, _, bob, _ = sky
     chunk_stacks = [s for s in bob.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
