@@ -108,3 +108,24 @@ def test_a_different_target_opens_its_own_chunk():
 def test_separation_handles_ra_wrap():
     assert separation_deg(359.95, 10.0, 0.05, 10.0) == pytest.approx(0.1 * 0.98481, rel=1e-3)
     assert separation_deg(359.95, 10.0, 0.05, 10.0) < CHUNK_RADIUS_DEG
+
+
+@pytest.mark.parametrize("kind", ["deep", "crowd"])
+def test_ircut_and_lp_stacks_of_one_target_go_into_separate_groups(tmp_path, kind):
+    """Group matching (lib/groups.py) on a real database: same target, same filter → one group;
+    another filter → a group of its own."""
+    from lib import db as database
+    from lib import groups
+
+    db = database.connect(f"sqlite:///{tmp_path / 'groups.db'}")
+
+    def group_of(filter_name, ra):
+        stack = {"owner_id": 1, "object": "M 94", "ra": ra, "dec": 41.12, "filter": filter_name}
+        with db as tx:
+            return groups._find_or_create(tx, kind, stack)
+
+    ircut = group_of("IRCUT", 192.72)
+    lp = group_of("LP", 192.72)
+    assert lp != ircut
+    assert group_of("IRCUT", 192.75) == ircut and group_of("LP", 192.70) == lp
+    assert {r["filter"] for r in db["stacks"].find(kind=kind)} == {"IRCUT", "LP"}
