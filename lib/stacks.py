@@ -96,7 +96,6 @@ def sky_columns(header: fits.Header) -> dict:
             "shown_object": shown}
 
 
-
 def _median(values):
     values = sorted(v for v in values if v is not None)
     return values[len(values) // 2] if values else None

@@ -14,7 +14,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from lib.stacking import StackOptions, stack_files
+from lib.stacking import stack_files
 from lib.stacking import solve
 from tests.frames import NIGHT_1, SHARED, real_frames
 
