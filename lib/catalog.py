@@ -149,7 +149,7 @@ def objects_in_field(wcs, width: int, height: int) -> list[dict]:
     near = np.flatnonzero(_separation_deg(ra0, dec0, cat.ra, cat.dec) <= radius)
     if not len(near):
         return []
-    xy = wcs.all_world2pix(np.column_stack([cat.ra[near], cat.dec[near]]), 0)
+    xy = wcs.all_world2pix(np.column_stack([cat.ra[near], cat.dec[near]]), 0, quiet=True)
     inside = (xy[:, 0] >= -0.5) & (xy[:, 0] <= width - 0.5) & (xy[:, 1] >= -0.5) & (xy[:, 1] <= height - 0.5)
     found = []
     for index, (x, y) in zip(near[inside], xy[inside]):
@@ -176,7 +176,7 @@ def _outline(wcs, ra: float, dec: float, major: float | None, minor: float | Non
         t = 2 * math.pi * k / OUTLINE_POINTS
         along, across = a * math.cos(t), b * math.sin(t)
         points.append(_offset(ra, dec, pa + math.degrees(math.atan2(across, along)), math.hypot(along, across)))
-    xy = wcs.all_world2pix(np.array(points), 0)
+    xy = wcs.all_world2pix(np.array(points), 0, quiet=True)
     return [[round(float(x), 1), round(float(y), 1)] for x, y in xy]
 
 

@@ -87,7 +87,7 @@ def wcs_placement(stack_wcs, grid_wcs, shape: tuple[int, int], samples: int = 7)
     height, width = shape
     xs, ys = np.meshgrid(np.linspace(0, width - 1, samples), np.linspace(0, height - 1, samples))
     lattice = np.column_stack([xs.ravel(), ys.ravel()])
-    on_grid = grid_wcs.all_world2pix(stack_wcs.all_pix2world(lattice, 0), 0)
+    on_grid = grid_wcs.all_world2pix(stack_wcs.all_pix2world(lattice, 0), 0, quiet=True)
     return fit_similarity(lattice, on_grid)
 
 
