@@ -20,7 +20,9 @@ install-test: $(PY)
 	bash infra/test-tools.sh
 
 # The schema, then the ingest app, one stacker and the janitor; Ctrl-C stops all three (lib/launcher.py).
+# The plate solver is installed when possible (root); otherwise the command is printed and stacks stay unsolved.
 run: install
+	@bash infra/plate-solver.sh
 	$(PY) -m lib.launcher --host $(HOST) --port $(PORT)
 
 migrate: install

@@ -47,6 +47,8 @@ def stack_command(argv) -> int:
           f"-> {args.output}")
     for frame in rejected:
         print(f"  rejected {frame.name}: {frame.reason}")
+    print(f"plate solved in {result.solve_seconds:.1f} s" if result.plate_solved
+          else f"not plate solved: {result.solve_reason}")
     return 0
 
 

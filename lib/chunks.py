@@ -1,9 +1,11 @@
-"""Filing frames into chunks: one telescope, one 15-minute UTC block, one pointing.
+"""Filing frames into chunks: one telescope, one filter, one 15-minute UTC block, one pointing.
 
 A chunk is what one stacking job stacks. Its key, ``YYYYMMDD.CC_HPnnnnnn``, names the UTC day, the
 15-minute block of that day (00..95) and the HEALPix pixel (RING, nside 128) of the pointing of the
 frame that opened the chunk. Membership is decided by angular distance, never by comparing keys, so
-pointing jitter that straddles a pixel border does not split one target into several chunks.
+pointing jitter that straddles a pixel border does not split one target into several chunks. Frames
+taken through different filters (Seestar FILTER: IRCUT, LP) are different data and never share a
+chunk; such chunks of one block and pointing share a key and differ in their filter.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class OpenChunk:
     block: str                     # YYYYMMDD.CC
     ra: float                      # degrees: pointing of the opening frame
     dec: float
+    filter: str | None = None      # FILTER of its frames; None: the frames had none
 
 
 def block_label(date_obs: datetime) -> str:
@@ -65,12 +68,12 @@ def separation_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
 
 
 def find_chunk(candidates: list[OpenChunk], telescope: str, date_obs: datetime,
-               ra: float, dec: float) -> OpenChunk | None:
-    """The chunk a frame joins: same telescope and block, nearest centre within CHUNK_RADIUS_DEG."""
+               ra: float, dec: float, filter_name: str | None = None) -> OpenChunk | None:
+    """The chunk a frame joins: same telescope, filter and block, nearest centre within CHUNK_RADIUS_DEG."""
     block = block_label(date_obs)
     best, best_distance = None, CHUNK_RADIUS_DEG
     for chunk in candidates:
-        if chunk.telescope != telescope or chunk.block != block:
+        if chunk.telescope != telescope or chunk.block != block or chunk.filter != filter_name:
             continue
         distance = separation_deg(chunk.ra, chunk.dec, ra, dec)
         if distance <= best_distance:

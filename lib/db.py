@@ -54,6 +54,7 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("ra", DOUBLE),                 # pointing of the frame that opened the chunk, degrees
         ("dec", DOUBLE),
         ("created_at", DOUBLE),
+        ("filter", _T.string(16)),        # FILTER of its frames (IRCUT, LP): frames of two filters never share one
     ],
     "frames": [
         ("owner_id", _T.integer),
@@ -75,6 +76,7 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("height", _T.integer),
         ("status", _T.string(16)),        # buffered | stacked | discarded
         ("created_at", DOUBLE),
+        ("filter", _T.string(16)),        # FILTER header (Seestar: IRCUT, LP); NULL when absent
     ],
     "jobs": [
         ("kind", _T.string(16)),          # a kind of lib/jobs.py KINDS: chunk, import, deep, crowd
@@ -125,6 +127,12 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("deep_id", _T.integer),          # chunk: the deep stack it belongs to (NULL: none)
         ("crowd_id", _T.integer),         # chunk: the crowd stack it belongs to (NULL: owner not sharing)
         ("created_at", DOUBLE),
+        ("filter", _T.string(16)),        # FILTER of its frames
+        ("solved", _T.boolean),           # plate solved: the FITS has a celestial WCS (lib/stacking/solve.py)
+        ("sky", _T.text),                 # JSON: centre, scale, rotation, footprint (solve.sky_summary)
+        ("objects", _T.text),             # JSON: catalogue objects in the field (lib/catalog.py)
+        ("target", _T.string(32)),        # OpenNGC key it is filed under (NGC4736 for "M 94"), for search
+        ("footprint", _T.text),           # JSON [[ra, dec] x 4]: its outline on the sky, for the sky map
     ],
     "contributions": [                    # what went into a deep or crowd stack
         ("group_id", _T.integer),
@@ -173,7 +181,7 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
     "jobs": [("status", "fair_rank", "id"), ("owner_id", "status", "fair_rank"), ("chunk_id",), ("group_id", "status")],
     # gallery pages are keyed on id (newest first) within a filter: PostgreSQL needs the id in the index
     "stacks": [("object",), ("owner_id",), ("job_id",), ("object", "id"), ("kind", "id"), ("owner_id", "id"),
-               ("date_beg",), ("deep_id",), ("crowd_id",)],
+               ("date_beg",), ("deep_id",), ("crowd_id",), ("target", "id")],
     "stack_frames": [("stack_id",)],
     "quota_reservations": [("owner_id",)],
     "contributions": [("group_id",), ("source_id",), ("owner_id",)],

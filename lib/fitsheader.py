@@ -43,6 +43,7 @@ class FrameHeader:
     instrument: str
     header_bytes: int              # length of the header, a multiple of 2880
     data_bytes: int                # width * height * 2, before padding
+    filter: str | None = None      # FILTER (Seestar: IRCUT, LP); frames of two filters are different data
 
     @property
     def min_file_bytes(self) -> int:
@@ -145,7 +146,7 @@ def parse(head: bytes) -> FrameHeader:
         object=_text(header, "OBJECT") or "unknown",
         telescope=_text(header, "TELESCOP") or _text(header, "INSTRUME") or "unknown",
         instrument=_text(header, "INSTRUME") or "unknown",
-        header_bytes=length, data_bytes=width * height * 2,
+        header_bytes=length, data_bytes=width * height * 2, filter=_text(header, "FILTER")[:16] or None,
     )
 
 

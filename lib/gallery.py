@@ -20,7 +20,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
-from lib.stacks import CHUNK, CROWD, DEEP, visible_to
+from lib.stacks import CHUNK, CROWD, DEEP, object_condition, visible_to
 from lib.web import HTTPProblem
 
 log = logging.getLogger("crowdsky.gallery")
@@ -84,9 +84,10 @@ class Filters:
     def sql(self) -> tuple[str, dict]:
         """Extra ``AND ...`` conditions (on ``s`` and ``u``) and their parameters."""
         parts, params = [], {}
-        if self.object:
-            parts.append("s.object = :object")
-            params["object"] = self.object
+        if self.object:     # by any of its names (see stacks.object_condition)
+            condition, object_params = object_condition(self.object)
+            parts.append(condition)
+            params |= object_params
         if self.kind:
             parts.append("s.kind = :kind")
             params["kind"] = self.kind

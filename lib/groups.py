@@ -31,6 +31,7 @@ import json
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from astropy.io import fits
 
 from lib import chunks, queue, stacks
 from lib.db import now
@@ -78,11 +79,13 @@ def _join(tx, kind: str, stack: dict, job_owner: int, settings) -> int:
 def _find_or_create(tx, kind: str, stack: dict) -> int:
     """The group of *kind* whose centre is nearest the stack's, within GROUP_RADIUS_DEG, or a new one."""
     owner = stack["owner_id"] if kind == DEEP else None
-    rows = tx.query("SELECT id, ra, dec FROM stacks WHERE kind = :kind AND dec BETWEEN :lo AND :hi"
+    rows = tx.query("SELECT id, ra, dec, filter FROM stacks WHERE kind = :kind AND dec BETWEEN :lo AND :hi"
                     + (" AND owner_id = :owner" if owner is not None else ""),
                     kind=kind, lo=stack["dec"] - GROUP_RADIUS_DEG, hi=stack["dec"] + GROUP_RADIUS_DEG, owner=owner)
     best, best_distance = None, GROUP_RADIUS_DEG
     for row in rows:
+        if row["filter"] != stack["filter"]:      # IRCUT and LP frames are different data: never one sum
+            continue
         distance = chunks.separation_deg(row["ra"], row["dec"], stack["ra"], stack["dec"])
         if distance <= best_distance:
             best, best_distance = row["id"], distance
@@ -92,7 +95,7 @@ def _find_or_create(tx, kind: str, stack: dict) -> int:
         "kind": kind, "owner_id": owner, "object": stack["object"], "telescope": None,
         "chunk_key": chunks.healpix_label(stack["ra"], stack["dec"]), "ra": stack["ra"], "dec": stack["dec"],
         "frames": 0, "frames_rejected": 0, "exposure_s": 0.0, "version": 0, "nights": 0, "owners": 0,
-        "created_at": now()})
+        "created_at": now(), "filter": stack["filter"]})
 
 
 def ensure_job(tx, kind: str, group_id: int, owner_id: int, settings, chunk_id: int | None = None) -> int:
@@ -239,6 +242,8 @@ def complete_group_job(db, archive, settings, lease, fits_path, preview_path) ->
     group_id = json.loads(lease.job["payload"])["group"]
     summed, refused = file_sources(fits_path)
     header = _header(fits_path)
+    sky = stacks.sky_columns(fits.getheader(fits_path))    # its WCS, objects and filter, stored with the new version
+    sky.pop("shown_object")
     kind = lease.job["kind"]
     fits_key, preview_key = stacks.archive_keys(kind, lease.job_id, lease.token)
     with open(fits_path, "rb") as f:
@@ -278,7 +283,7 @@ def complete_group_job(db, archive, settings, lease, fits_path, preview_path) ->
             "frames": totals["frames"], "exposure_s": totals["exposure_s"], "date_beg": totals["date_beg"],
             "date_end": totals["date_end"], "nights": totals["nights"], "owners": totals["owners"],
             "noise": header["noise"], "fwhm_px": header["fwhm"], "telescope": header["telescope"][:64],
-            "instrument": header["instrument"][:255]}, ["id"])
+            "instrument": header["instrument"][:255], **sky}, ["id"])
         stale.extend(k for k in (group["fits_key"], group["preview_key"]) if k)
         if set(wanted) - set(summed) - {i for i, _ in refused}:
             ensure_job(tx, kind, group_id, lease.job["owner_id"], settings)     # members that came meanwhile
@@ -297,7 +302,6 @@ def complete_group_job(db, archive, settings, lease, fits_path, preview_path) ->
 
 
 def _header(fits_path) -> dict:
-    from astropy.io import fits
     with fits.open(fits_path, memmap=False) as hdul:
         h = hdul[0].header
         table = hdul["SOURCES"].data

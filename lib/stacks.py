@@ -6,12 +6,15 @@ database or on a remote machine that only uploaded the file.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
 from astropy.io import fits
 
+from lib import catalog
 from lib.db import now
+from lib.stacking import solve
 
 CHUNK, DEEP, CROWD = "chunk", "deep", "crowd"
 
@@ -29,6 +32,7 @@ class StackSummary:
     verdicts: list[dict] = field(default_factory=list)   # one per input frame, in input order
 
     frames_input: int | None = None          # when the stack says how many frames went in
+    sky: dict = field(default_factory=dict)  # the stack's columns from its WCS: see sky_columns
 
     @property
     def frames_rejected(self) -> int:
@@ -61,13 +65,35 @@ def read_summary(fits_path) -> StackSummary:
                     "background": _finite(row["BACKGROUND"]),
                     "noise": _finite(row["NOISE"]),
                 })
+        sky = sky_columns(header)
         return StackSummary(
-            object=str(header.get("OBJECT", "unknown")), instrument=str(header.get("INSTRUME", "unknown")),
+            object=sky.pop("shown_object") or "unknown", instrument=str(header.get("INSTRUME", "unknown")),
             frames_used=int(header["NCOMBINE"]), exposure_s=float(header["EXPTIME"]),
             date_beg=str(header["DATE-BEG"]), date_end=str(header["DATE-END"]),
             fwhm_px=_finite(header.get("FWHM", _median([v["fwhm_px"] for v in verdicts if v["used"]]))),
             noise=_finite(header.get("BGNOISE")),
-            verdicts=verdicts, frames_input=header.get("NINPUT"))
+            verdicts=verdicts, frames_input=header.get("NINPUT"), sky=sky)
+
+
+def sky_columns(header: fits.Header) -> dict:
+    """The stacks-table columns a stack's header gives about its place on the sky, so that pages and
+    listings never re-read the FITS: ``filter``, ``solved``, ``sky`` (JSON of solve.sky_summary),
+    ``objects`` (JSON of catalog.objects_in_field), ``target`` (the OpenNGC key it is filed under),
+    ``footprint`` (JSON of its four corners on the sky, for the sky map) and
+    ``shown_object`` (the name it is listed under: its OBJECT, or the main object in the field when
+    OBJECT is empty or names something outside it)."""
+    summary = solve.sky_summary(header)
+    objects = []
+    if summary["solved"]:
+        objects = catalog.objects_in_field(solve.celestial_wcs(header), int(header["NAXIS1"]), int(header["NAXIS2"]))
+    header_object = str(header.get("OBJECT", "") or "").strip()
+    target, shown = catalog.filed_under(header_object, objects, int(header.get("NAXIS1", 0)),
+                                        int(header.get("NAXIS2", 0)))
+    filter_name = str(header.get("FILTER", "") or "").strip()[:16] or None
+    outline = [[round(ra, 5), round(dec, 5)] for ra, dec in summary["footprint"]] if summary["solved"] else None
+    return {"filter": filter_name, "solved": summary["solved"], "sky": json.dumps(summary),
+            "objects": json.dumps(objects), "target": target, "footprint": json.dumps(outline),
+            "shown_object": shown}
 
 
 def _median(values):
@@ -96,8 +122,9 @@ def record_chunk_stack(tx, job: dict, chunk: dict, frames: list[dict], summary: 
         "frames_rejected": summary.frames_rejected, "exposure_s": summary.exposure_s,
         "date_beg": summary.date_beg, "date_end": summary.date_end, "fits_key": fits_key,
         "preview_key": preview_key, "fits_size": fits_size, "fwhm_px": summary.fwhm_px,
-        "noise": summary.noise, "created_at": now(),
+        "noise": summary.noise, "created_at": now(), **summary.sky,
     })
+    tx["jobs"].update({"id": job["id"], "message": plate_message(summary.sky)}, ["id"])
     for frame, verdict in zip(frames, summary.verdicts):
         tx["stack_frames"].insert({
             "stack_id": stack_id, "frame_id": frame["id"], "filename": frame["filename"],
@@ -106,6 +133,14 @@ def record_chunk_stack(tx, job: dict, chunk: dict, frames: list[dict], summary: 
             "background": verdict["background"], "noise": verdict["noise"],
         })
     return stack_id
+
+
+def plate_message(columns: dict) -> str:
+    """The finished job's message about its plate solve: the scale found, or why there is none."""
+    sky = json.loads(columns.get("sky") or "null") or {}
+    if sky.get("solved"):
+        return f"done; plate solved at {sky['scale_arcsec']:.2f} arcsec/px"
+    return f"done; not plate solved: {sky.get('reason') or 'not tried'}"[:255]
 
 
 # --- who sees what -----------------------------------------------------------------------------
@@ -128,11 +163,23 @@ def list_stacks(db, viewer_id: int | None, *, object_name: str | None = None,
     sql = ("SELECT s.*, u.username AS owner FROM stacks s LEFT JOIN users u ON u.id = s.owner_id "
            f"WHERE {condition}")
     if object_name:
-        sql += " AND LOWER(s.object) = LOWER(:object)"
-        params["object"] = object_name.strip()
+        condition, object_params = object_condition(object_name)
+        sql += f" AND {condition}"
+        params |= object_params
     sql += " ORDER BY s.id DESC LIMIT :limit OFFSET :offset"
     params.update(limit=int(limit), offset=int(offset))
     return [dict(r) for r in db.query(sql, **params)]
+
+
+def object_condition(name: str) -> tuple[str, dict]:
+    """SQL condition (on ``stacks s``) for the stacks of the object *name*, written any way: a name the
+    catalogue knows ("M94", "m 94", "NGC 4736", "ngc4736") matches every stack filed under that object
+    (see catalog.filed_under); any name also matches the OBJECT text itself, case-insensitively."""
+    text = name.strip()
+    key = catalog.canonical(text)
+    if key is None:
+        return "LOWER(s.object) = LOWER(:object)", {"object": text}
+    return "(s.target = :target OR LOWER(s.object) = LOWER(:object))", {"object": text, "target": key}
 
 
 def get_stack(db, viewer_id: int | None, stack_id: int) -> dict | None:
@@ -161,9 +208,19 @@ def api_view(stack: dict, base_url: str = "") -> dict:
         "exposure_s": stack["exposure_s"], "date_beg": stack["date_beg"], "date_end": stack["date_end"],
         "fwhm_px": stack["fwhm_px"], "noise": stack["noise"],
         "nights": stack.get("nights"), "owners": stack.get("owners"), "instrument": stack.get("instrument"),
+        "filter": stack.get("filter"), "solved": bool(stack.get("solved")),
         "fits_url": f"{base_url}/stacks/{stack['id']}/stack.fits",
         "preview_url": f"{base_url}/stacks/{stack['id']}/preview.png",
     }
+
+
+def sky_view(stack: dict) -> dict:
+    """``{"wcs": {...}, "objects": [...]}`` of a stack row, as `GET /api/v1/stacks/<id>` shows them."""
+    wcs = json.loads(stack.get("sky") or "null") or solve.sky_summary(fits.Header())
+    objects = [{k: o[k] for k in ("name", "aliases", "type", "ra", "dec", "x", "y", "major_arcmin",
+                                  "minor_arcmin", "angle_deg", "outline")}
+               for o in json.loads(stack.get("objects") or "[]")]
+    return {"wcs": wcs, "objects": objects}
 
 
 def download_name(stack: dict) -> str:

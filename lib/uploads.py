@@ -211,7 +211,7 @@ def _record_frame(db, owner_id, session_id, filename, key, size, sha, header: Fr
                 "instrument": header.instrument, "date_obs": header.date_obs.isoformat(),
                 "exptime": header.exptime, "ra": header.ra, "dec": header.dec,
                 "bayerpat": header.bayerpat, "width": header.width, "height": header.height,
-                "status": "buffered", "created_at": now(),
+                "status": "buffered", "created_at": now(), "filter": header.filter,
             })
     except sa.exc.IntegrityError:
         # The same bytes arrived twice at once; the unique (owner, sha256) index let one win.
@@ -281,16 +281,16 @@ def _ingest_telescope_stack(svc, owner_id, filename, body, content_length, detai
 
 def _file_into_chunk(tx, owner_id: int, session_id: int, header: FrameHeader) -> int:
     rows = list(tx["chunks"].find(session_id=session_id, telescope=header.telescope))
-    candidates = [chunks.OpenChunk(r["id"], r["telescope"], r["chunk_key"].split("_")[0], r["ra"], r["dec"])
-                  for r in rows]
-    found = chunks.find_chunk(candidates, header.telescope, header.date_obs, header.ra, header.dec)
+    candidates = [chunks.OpenChunk(r["id"], r["telescope"], r["chunk_key"].split("_")[0], r["ra"], r["dec"],
+                                   r["filter"]) for r in rows]
+    found = chunks.find_chunk(candidates, header.telescope, header.date_obs, header.ra, header.dec, header.filter)
     if found is not None:
         return found.id
     return tx["chunks"].insert({
         "owner_id": owner_id, "session_id": session_id,
         "chunk_key": chunks.chunk_key(header.date_obs, header.ra, header.dec),
         "telescope": header.telescope, "object": header.object,
-        "ra": header.ra, "dec": header.dec, "created_at": now(),
+        "ra": header.ra, "dec": header.dec, "created_at": now(), "filter": header.filter,
     })
 
 

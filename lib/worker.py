@@ -27,6 +27,7 @@ from lib.db import release
 from lib.stacking import StackingError, stack_files
 from lib.stacking.group_files import bring_up_to_date
 from lib.stacking.imported import read_telescope_stack
+from lib.stacking.solve import solve_stack_file
 
 log = logging.getLogger("crowdsky.stacker")
 
@@ -233,6 +234,9 @@ def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
     fits_path, preview_path = workdir / "stack.fits", workdir / "preview.png"
     result.write_fits(fits_path)
     result.write_preview(preview_path)
+    beat.update(0.96, "plate solving")
+    # deep, crowd and telescope stacks (chunk stacks were solved when stacked); scratch in the job's folder
+    solve_stack_file(fits_path, tmp_dir=str(workdir))
     beat.update(0.97, "archiving")
     stack_id = source.complete(lease, fits_path, preview_path)
     if stack_id is None:

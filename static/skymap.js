@@ -1,6 +1,7 @@
 // Sky map: the stacks the viewer may see on an Aitoff projection of the sky (d3-geo-projection's
 // geoAitoff, RA increasing to the left as on the sky), with an RA/Dec graticule, zoom, a box to
 // select stacks, a timeline with a time-window brush, and "Download all" for the selection.
+// Plate-solved stacks also show their footprint: the field's real, rotated outline on the sky.
 "use strict";
 (function () {
   const holder = document.getElementById("sky");
@@ -10,6 +11,7 @@
   const tip = $("sky-tip"), coords = $("cursor-coords");
   const MAX_DOWNLOAD = 1000;
   const JOIN_DEG = 0.75;                 // stacks closer than this (degrees) share a dot
+  const MAX_FOOTPRINTS = 5000;           // outlines drawn at most (newest first); the dots show the rest
 
   let stacks = [];                       // every stack the viewer may see
   let windowRange = null;                // [Date, Date] from the timeline brush, or null for all time
@@ -19,7 +21,7 @@
   let mode = "select";
   let transform = d3.zoomIdentity;
   let W = 0, H = 0;
-  let svg, zoomLayer, pointLayer, labelLayer, boxRect, projection, zoom, bins = [];
+  let svg, zoomLayer, footprintLayer, pointLayer, labelLayer, boxRect, projection, geoPath, zoom, bins = [];
 
   // --- words ---------------------------------------------------------------------------------
 
@@ -56,12 +58,24 @@
         id: row[at.id], ra: row[at.ra], dec: row[at.dec], date: parseDate(row[at.date_beg]),
         kind: row[at.kind], object: row[at.object], frames: row[at.frames], exposure: row[at.exposure_s],
         size: row[at.fits_size], owner: row[at.owner], mine: row[at.mine],
+        footprint: at.footprint === undefined ? null : outline(row[at.footprint]),
       }));
       build();
       drawTimeline();
       refresh();
     })
     .catch(() => { holder.textContent = "The map could not be loaded. Reload the page to try again."; });
+
+  // A footprint's four [ra, dec] corners as a GeoJSON polygon. d3-geo takes a ring's winding to say
+  // which side is inside: a ring that would enclose more than half the sky is turned round.
+  function outline(corners) {
+    if (!corners || corners.length < 3) return null;
+    const ring = corners.map(([ra, dec]) => [ra, dec]);
+    ring.push(ring[0]);
+    const polygon = {type: "Polygon", coordinates: [ring]};
+    if (d3.geoArea(polygon) > 2 * Math.PI) ring.reverse();
+    return polygon;
+  }
 
   // --- the map --------------------------------------------------------------------------------
 
@@ -71,7 +85,7 @@
     H = Math.round(W / 2) + 8;
     projection = d3.geoAitoff().reflectX(true).rotate([-180, 0]).precision(0.2)
       .fitExtent([[6, 6], [W - 6, H - 6]], {type: "Sphere"});
-    const path = d3.geoPath(projection);
+    const path = geoPath = d3.geoPath(projection);
 
     svg = d3.select(holder).append("svg")
       .attr("viewBox", "0 0 " + W + " " + H).attr("width", W).attr("height", H)
@@ -98,6 +112,7 @@
       labelLayer.append("text").attr("x", x + 3).attr("y", y - 3).attr("class", "dec-label")
         .text((dec > 0 ? "+" : "−") + Math.abs(dec) + "°");
     }
+    footprintLayer = zoomLayer.append("g").attr("class", "footprints");
     pointLayer = zoomLayer.append("g").attr("class", "points");
     boxRect = svg.append("rect").attr("class", "select-box").attr("visibility", "hidden");
 
@@ -171,6 +186,13 @@
       .attr("class", (b) => "bin" + (b.stacks.some((s) => chosen.has(s.id)) ? " selected" : "") +
                             (b.stacks.some((s) => s.mine) ? " mine" : ""))
       .attr("data-count", (b) => b.stacks.length);
+    footprintLayer.selectAll("path")
+      .data(shown.filter((s) => s.footprint).slice(0, MAX_FOOTPRINTS), (s) => s.id).join("path")
+      .attr("d", (s) => geoPath(s.footprint)).attr("data-id", (s) => s.id)
+      .attr("class", (s) => "footprint" + (chosen.has(s.id) ? " selected" : ""))
+      .attr("fill", (s) => chosen.has(s.id) ? "rgba(255, 207, 107, .25)" : "rgba(121, 176, 255, .18)")
+      .attr("stroke", (s) => chosen.has(s.id) ? "#fff2cc" : "#79b0ff")
+      .attr("vector-effect", "non-scaling-stroke").attr("pointer-events", "none");
     applyZoom();
     drawSelection();
     drawTimelineBars();

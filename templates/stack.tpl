@@ -163,3 +163,5 @@
 % end
 <script src="/static/zoom.js" defer></script>
 <script src="/static/stack.js" defer></script>
+<link rel="stylesheet" href="/static/sky-overlay.css">
+<script src="/static/sky-overlay.js" defer></script>

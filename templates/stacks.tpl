@@ -11,6 +11,9 @@
       % for name in objects:
       <option value="{{name}}" {{'selected' if name == filters.object else ''}}>{{name}}</option>
       % end
+      % if filters.object and filters.object not in objects:
+      <option value="{{filters.object}}" selected>{{filters.object}}</option>
+      % end
     </select>
   </label>
   <label>Kind

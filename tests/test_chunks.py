@@ -16,10 +16,10 @@ class Filing:
         self.chunks: list[OpenChunk] = []
         self.keys: dict[int, str] = {}
 
-    def add(self, telescope, when, ra, dec) -> str:
-        found = find_chunk(self.chunks, telescope, when, ra, dec)
+    def add(self, telescope, when, ra, dec, filter_name="IRCUT") -> str:
+        found = find_chunk(self.chunks, telescope, when, ra, dec, filter_name)
         if found is None:
-            found = OpenChunk(len(self.chunks) + 1, telescope, block_label(when), ra, dec)
+            found = OpenChunk(len(self.chunks) + 1, telescope, block_label(when), ra, dec, filter_name)
             self.chunks.append(found)
             self.keys[found.id] = chunk_key(when, ra, dec)
         return self.keys[found.id]
@@ -80,6 +80,15 @@ def test_two_telescopes_on_one_target_make_two_chunks():
     assert len(filing.chunks) == 2
 
 
+def test_an_ircut_and_lp_mixed_block_makes_two_chunks():
+    filing = Filing()
+    for k, filter_name in enumerate(["IRCUT", "LP", "IRCUT", "LP", "LP"]):
+        filing.add("S50_a", T0, 193.07 + 0.001 * k, 40.98, filter_name)
+    assert sorted(c.filter for c in filing.chunks) == ["IRCUT", "LP"]
+    filing.add("S50_a", T0, 193.07, 40.98, None)          # a frame without FILTER: neither of them
+    assert len(filing.chunks) == 3
+
+
 def test_frames_on_both_sides_of_a_quarter_hour_make_two_chunks():
     filing = Filing()
     before = datetime(2025, 3, 27, 5, 44, 55, tzinfo=timezone.utc)
@@ -99,3 +108,24 @@ def test_a_different_target_opens_its_own_chunk():
 def test_separation_handles_ra_wrap():
     assert separation_deg(359.95, 10.0, 0.05, 10.0) == pytest.approx(0.1 * 0.98481, rel=1e-3)
     assert separation_deg(359.95, 10.0, 0.05, 10.0) < CHUNK_RADIUS_DEG
+
+
+@pytest.mark.parametrize("kind", ["deep", "crowd"])
+def test_ircut_and_lp_stacks_of_one_target_go_into_separate_groups(tmp_path, kind):
+    """Group matching (lib/groups.py) on a real database: same target, same filter → one group;
+    another filter → a group of its own."""
+    from lib import db as database
+    from lib import groups
+
+    db = database.connect(f"sqlite:///{tmp_path / 'groups.db'}")
+
+    def group_of(filter_name, ra):
+        stack = {"owner_id": 1, "object": "M 94", "ra": ra, "dec": 41.12, "filter": filter_name}
+        with db as tx:
+            return groups._find_or_create(tx, kind, stack)
+
+    ircut = group_of("IRCUT", 192.72)
+    lp = group_of("LP", 192.72)
+    assert lp != ircut
+    assert group_of("IRCUT", 192.75) == ircut and group_of("LP", 192.70) == lp
+    assert {r["filter"] for r in db["stacks"].find(kind=kind)} == {"IRCUT", "LP"}

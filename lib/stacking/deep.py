@@ -24,13 +24,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .normalize import sky_level_and_noise
-from .register import RegistrationError, apply_matrix, find_registration, warp
+from .register import RegistrationError, apply_matrix, find_registration, fit_similarity, warp
 from .stars import StarField, aperture_fluxes, detect_stars
 
 ADU = 65535.0                 # stacks are stored in ADU/65535; star detection works in ADU
 MAX_SCALE_ERROR = 0.8         # S50 vs S30 pixel scales differ by ~1.7x: allow them, refuse wilder fits
 MAX_RESIDUAL_PX = 1.5         # stacks of different nights and telescopes agree less well than frames
 MIN_STAR_FWHM_PX = 1.2        # pixel rejection removed the hot pixels; a coarser telescope's stars are narrow
+WCS_PAIR_RADIUS_PX = 4.0      # a star the WCS places this close to a grid star pairs with it
+WCS_MIN_PAIRS = 8             # pairs the WCS placement needs before star matching refines it
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,55 @@ def measure(image: np.ndarray) -> StackMeasure:
     return StackMeasure(stars=stars, sky=sky, noise=noise / ADU)
 
 
-def register_onto(stack: StackMeasure, running: Running) -> np.ndarray:
-    """(2, 3) matrix taking the stack's pixels onto the grid; RegistrationError if none is found."""
+def wcs_placement(stack_wcs, grid_wcs, shape: tuple[int, int], samples: int = 7) -> np.ndarray:
+    """(2, 3) matrix taking a stack's pixels onto the grid's, from the two plate solutions alone.
+
+    stack_wcs, grid_wcs: celestial astropy WCS of the stack and of the grid; shape: (H, W) of the stack.
+    A samples × samples lattice over the stack is taken to the sky and back onto the grid, and a
+    similarity is fitted to it: telescopes of any pixel scale and field rotation are placed without a
+    star pattern in common, to a pixel or so (SIP distortion and the fit's residual)."""
+    height, width = shape
+    xs, ys = np.meshgrid(np.linspace(0, width - 1, samples), np.linspace(0, height - 1, samples))
+    lattice = np.column_stack([xs.ravel(), ys.ravel()])
+    on_grid = grid_wcs.all_world2pix(stack_wcs.all_pix2world(lattice, 0), 0, quiet=True)
+    return fit_similarity(lattice, on_grid)
+
+
+def register_onto(stack: StackMeasure, running: Running, placement: np.ndarray | None = None) -> np.ndarray:
+    """(2, 3) matrix taking the stack's pixels onto the grid; RegistrationError if none is found.
+
+    placement: the WCS's (see wcs_placement), when both are plate solved: star pairs near where it puts
+    them refine it. Without it, or when too few stars pair, stars are matched from scratch."""
+    if placement is not None:
+        refined = _refine_placement(placement, stack, running)
+        if refined is not None:
+            return refined
     registration = find_registration(stack.stars.xy, running.ref_xy, stack.stars.flux,
                                      max_scale_error=MAX_SCALE_ERROR, max_residual_px=MAX_RESIDUAL_PX)
     return registration.matrix
+
+
+def _refine_placement(matrix: np.ndarray, stack: StackMeasure, running: Running) -> np.ndarray | None:
+    """The WCS placement refined by the stars it pairs (three passes, tightening the radius), or None
+    when fewer than WCS_MIN_PAIRS pair up or they disagree by more than MAX_RESIDUAL_PX RMS."""
+    radius = WCS_PAIR_RADIUS_PX
+    xy, ref = stack.stars.xy, running.ref_xy
+    if len(xy) < WCS_MIN_PAIRS or len(ref) < WCS_MIN_PAIRS:
+        return None
+    for _ in range(3):
+        distance = np.linalg.norm(apply_matrix(matrix, xy)[:, None, :] - ref[None, :, :], axis=2)
+        nearest = np.argmin(distance, axis=1)
+        close = distance[np.arange(len(xy)), nearest] <= radius
+        # each grid star pairs once: with the closest of the stack's stars that found it
+        order = np.flatnonzero(close)[np.argsort(distance[np.flatnonzero(close), nearest[close]])]
+        _, first = np.unique(nearest[order], return_index=True)
+        pairs = np.sort(order[first])
+        if len(pairs) < WCS_MIN_PAIRS:
+            return None
+        matrix = fit_similarity(xy[pairs], ref[nearest[pairs]])
+        error = np.linalg.norm(apply_matrix(matrix, xy[pairs]) - ref[nearest[pairs]], axis=1)
+        radius = max(3.0 * float(np.median(error)), 0.5)
+    return matrix if float(np.sqrt(np.mean(error ** 2))) <= MAX_RESIDUAL_PX else None
 
 
 def flux_scale(stack_lum: np.ndarray, stack: StackMeasure, matrix: np.ndarray, running: Running) -> float:
@@ -116,9 +162,11 @@ def start(image: np.ndarray, coverage: np.ndarray, stack: StackMeasure) -> Runni
     return Running(total=total.astype(np.float32), weight=weight, ref_xy=stack.stars.xy, ref_flux=flux)
 
 
-def add(running: Running, image: np.ndarray, coverage: np.ndarray, stack: StackMeasure) -> float:
-    """Register *image* onto the running stack and add it in place; returns the brightness scale used."""
-    matrix = register_onto(stack, running)
+def add(running: Running, image: np.ndarray, coverage: np.ndarray, stack: StackMeasure,
+        placement: np.ndarray | None = None) -> float:
+    """Register *image* onto the running stack (starting from the WCS *placement* when given, see
+    register_onto) and add it in place; returns the brightness scale used."""
+    matrix = register_onto(stack, running, placement)
     scale = flux_scale(luminance(image) * np.float32(ADU), stack, matrix, running)
     shape = running.weight.shape
     cover = warp(coverage.astype(np.float32), matrix, shape, "cubic")

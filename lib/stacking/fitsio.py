@@ -15,6 +15,7 @@ import numpy as np
 from astropy.io import fits
 
 from .debayer import bayer_pattern
+from .solve import Solution, write_solution
 
 # Keywords copied from the reference frame into the stack when present. They describe the target,
 # the optics and the camera, which all frames of a stack share. Per-frame values (time, exposure,
@@ -136,12 +137,13 @@ def _column(values: Sequence[float | int | None], fill: float) -> np.ndarray:
 def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, *, reference: FrameHeader,
                 reference_name: str, ncombine: int, exptime_total: float, date_beg: str, date_end: str,
                 frames: Sequence[FrameRow], history: Sequence[str],
-                extra_cards: Sequence[tuple[str, object, str]] = ()) -> None:
+                extra_cards: Sequence[tuple[str, object, str]] = (), solution: Solution | None = None) -> None:
     """Write the stack: primary HDU (3, H, W) float32, image extension COVERAGE (H, W) int16
     (frames covering each pixel) and binary table FRAMES (every input frame, used or not).
     extra_cards: (keyword, value, comment) added to the primary header, e.g. the preview's factors.
 
     image: (3, H, W) float32, R, G, B, in ADU/65535 of the reference frame after normalisation.
+    solution: the plate solve's outcome (WCS + PLTSOLVD, see solve.write_solution); None: not tried.
     """
     primary = fits.PrimaryHDU(np.ascontiguousarray(image, dtype=np.float32))
     header = primary.header
@@ -157,6 +159,8 @@ def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, 
     header["BUNIT"] = ("ADU/65535", "reference-frame ADU scaled to 0..1")
     for key, value, comment in extra_cards:
         header[key] = (value, comment)
+    if solution is not None:
+        write_solution(header, solution)
     for line in history:
         header.add_history(ascii_safe(line))
 

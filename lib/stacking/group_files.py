@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from . import deep
+from . import deep, solve
 from .imported import LOCATION_KEYWORDS
 from .normalize import sky_level_and_noise
 from .preview import stretch, write_png
@@ -85,6 +85,8 @@ class GroupResult:
         for key in CARRIED + OPTICS:
             if key in self.grid and key not in LOCATION_KEYWORDS:
                 header[key] = self.grid[key]
+        if self.grid.get("PLTSOLVD") is True:     # the group's grid is its first stack's: so is its WCS
+            solve.copy_solution(self.grid, header)
         header["TELESCOP"] = (_names(s.telescope for s in self.sources), "every telescope that contributed")
         header["INSTRUME"] = (_names(s.instrument for s in self.sources), "every camera that contributed")
         header["NCOMBINE"] = (sum(s.frames for s in self.sources), "frames in all contributions")
@@ -113,9 +115,12 @@ class GroupResult:
             fits.Column("X", "D", array=self.running.ref_xy[:, 0]),
             fits.Column("Y", "D", array=self.running.ref_xy[:, 1]),
             fits.Column("FLUX", "D", array=self.running.ref_flux)], name="STARS")
-        grid = fits.ImageHDU(name="GRID", header=fits.Header(
+        grid_header = fits.Header(
             [(k, self.grid[k]) for k in CARRIED + OPTICS + ("NCOMBINE", "EXPTIME", "DATE-BEG", "DATE-END")
-             if k in self.grid and k not in LOCATION_KEYWORDS]))
+             if k in self.grid and k not in LOCATION_KEYWORDS])
+        if self.grid.get("PLTSOLVD") is True:
+            solve.copy_solution(self.grid, grid_header)
+        grid = fits.ImageHDU(name="GRID", header=grid_header)
         sources = fits.BinTableHDU.from_columns([
             fits.Column("ID", "K", array=[s.id for s in self.sources]),
             fits.Column("SCALE", "D", array=[s.scale for s in self.sources]),
@@ -171,7 +176,8 @@ def bring_up_to_date(group_path: Path | None, sources: list[tuple[int, Path]], p
             scale = 1.0
         else:
             try:
-                scale = deep.add(result.running, image, coverage, measured)
+                scale = deep.add(result.running, image, coverage, measured,
+                                 _placement(header, result.grid, image.shape[1:]))
             except RegistrationError as exc:
                 refused.append((stack_id, str(exc)))
                 continue
@@ -181,6 +187,16 @@ def bring_up_to_date(group_path: Path | None, sources: list[tuple[int, Path]], p
         raise ValueError("a group needs at least one chunk stack")
     result.refused = refused
     return result
+
+
+def _placement(source: fits.Header, grid: fits.Header, shape: tuple[int, int]):
+    """Where the grid's and the stack's plate solutions put the stack on the grid, or None when
+    either is not solved (star matching alone then)."""
+    source_wcs = solve.celestial_wcs(source) if source.get("PLTSOLVD") is True else None
+    grid_wcs = solve.celestial_wcs(grid) if grid.get("PLTSOLVD") is True else None
+    if source_wcs is None or grid_wcs is None:
+        return None
+    return deep.wcs_placement(source_wcs, grid_wcs, shape)
 
 
 def _source(stack_id: int, scale: float, header: fits.Header) -> Source:

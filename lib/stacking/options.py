@@ -56,6 +56,9 @@ class StackOptions:
     cube_dtype: str = "float16"      # registered frames on disk; float16 halves I/O at ~0.05 % precision
     tmp_dir: str | None = None       # where the disk-backed cube lives; None: the system temp dir
 
+    plate_solve: bool = True         # solve the stack with solve-field (see solve.py) when it is installed
+    solve_time_limit: float = 20.0   # CPU seconds the solver may spend on one stack
+
     def __post_init__(self) -> None:
         for name, allowed in (("rejection", REJECTIONS), ("normalization", NORMALIZATIONS),
                               ("weighting", WEIGHTINGS), ("interpolation", INTERPOLATIONS),
@@ -106,6 +109,9 @@ class StackResult:
     stars: int            # stars detected on the stack
     fits_bytes: bytes
     png_bytes: bytes
+    plate_solved: bool = False        # the FITS header holds a celestial WCS (PLTSOLVD = T)
+    solve_reason: str | None = None   # why not, when it does not
+    solve_seconds: float = 0.0        # wall time of the plate solve
 
     @property
     def image(self) -> np.ndarray:

@@ -31,6 +31,7 @@ from .options import FrameVerdict, StackingError, StackOptions, StackResult
 from .preview import encode_png, plan_rendering, render
 from .register import Registration, RegistrationError, find_registration, warp
 from .runner import Progress, releases_memory
+from .solve import hint_from_header, solve_luminance
 from .stars import StarField, aperture_fluxes, detect_stars
 
 ADU_SCALE = np.float32(1 / 65535)    # the cube and the stack hold ADU/65535, as Siril does
@@ -180,7 +181,7 @@ def run_pipeline(paths: list[Path], names: list[str], report: Progress, options:
                f"combined block {done}/{len(tasks)}")
     pool.close()  # the workers' memory is no longer needed while the result is put together
     return _result(np.array(output.map()), np.array(coverage.map()), names, measured, registered, reasons, used,
-                   reference, weights, rejected, options)
+                   reference, weights, rejected, options, workdir)
 
 
 def _grade(measured: list[Measured], options: StackOptions) -> tuple[list[str | None], int]:
@@ -256,7 +257,7 @@ def _nothing_usable(names: list[str], reasons: list[str | None]) -> str:
 
 
 def _result(image, cover, names, measured, registered, reasons, used, reference, weights, rejected,
-            options) -> StackResult:
+            options, workdir: Path) -> StackResult:
     weight_of = {i: float(weights[k].mean()) for k, i in enumerate(used)}
     verdicts, rows = [], []
     for i, name in enumerate(names):
@@ -293,22 +294,31 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
                f"{rejected} values rejected",
                *[f"frame used: {names[i]}" for i in used]]
     # the files are rendered here, where the libraries are loaded, so that the caller needs none of them;
-    # the preview in a thread (numpy and OpenCV let go of the GIL) while astropy writes the FITS
-    # the rendering's factors are measured first (a few tens of ms) so that the FITS header records them
+    # the preview in a thread (numpy and OpenCV let go of the GIL) while the plate solver (a child
+    # process) runs and astropy writes the FITS; the rendering's factors are measured first (a few tens
+    # of ms) so that the FITS header records them
     rendering = plan_rendering(image, cover, star_fluxes)
-    with ThreadPoolExecutor(1) as preview_thread:
-        png = preview_thread.submit(lambda: encode_png(render(image, rendering)))
+    with ThreadPoolExecutor(1) as threads:
+        png = threads.submit(lambda: encode_png(render(image, rendering)))
+        solution = None
+        if options.plate_solve:
+            hint = hint_from_header({key: value for key, value, _ in reference_header.carried})
+            # in the stack's scratch folder: removed with it, even after a crash (see runner.py)
+            solution = solve_luminance(luminance, hint, time_limit=options.solve_time_limit, tmp_dir=str(workdir))
         fits_file = io.BytesIO()
         write_stack(fits_file, image, cover, reference=reference_header, reference_name=names[reference],
                     ncombine=len(used), exptime_total=exptime_total, date_beg=date_beg, date_end=date_end,
-                    frames=rows, history=history, extra_cards=rendering.header_cards() + _temperature_card(headers))
+                    frames=rows, history=history, extra_cards=rendering.header_cards() + _temperature_card(headers),
+                    solution=solution)
         png_bytes = png.result()
     return StackResult(
         frames=verdicts, ncombine=len(used), exptime_total=exptime_total,
         date_beg=date_beg, date_end=date_end, object=_text(reference_header.value("OBJECT")),
         instrument=_text(reference_header.value("INSTRUME")), reference_name=names[reference],
         noise=found.noise, fwhm_px=found.fwhm_px, stars=found.count,
-        fits_bytes=fits_file.getvalue(), png_bytes=png_bytes)
+        fits_bytes=fits_file.getvalue(), png_bytes=png_bytes,
+        plate_solved=bool(solution and solution.solved), solve_reason=solution.reason if solution else "not tried",
+        solve_seconds=solution.seconds if solution else 0.0)
 
 
 def _temperature_card(headers: list[FrameHeader]) -> list[tuple[str, object, str]]:
