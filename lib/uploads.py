@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from lib import chunks, queue
-from lib.db import now
+from lib import chunks, queue, stacks
+from lib.db import now, release
 from lib.storage import delete_quietly
 from lib.fitsheader import FrameError, FrameHeader, parse, parse_stack, plausible_time, read_header_bytes
 
@@ -126,14 +126,20 @@ def _quota_reserved(db, settings, owner_id: int, nbytes: int):
     frame's row takes the reservation's place in the transaction that records it
     (``_record_frame``); any other way out gives it back. Yields the reservation's id.
     """
+    # A fresh transaction: one left open by this request's earlier reads would, on MariaDB
+    # (REPEATABLE READ), see the quota as it was then, not as the lock below leaves it.
+    release(db)
     with db as tx:
         tx.query("UPDATE users SET share_with_crowd = share_with_crowd WHERE id = :owner", owner=owner_id)
         tx.query("DELETE FROM quota_reservations WHERE owner_id = :owner AND created_at < :stale",
                  owner=owner_id, stale=now() - RESERVATION_TTL_S)
-        used = stored_bytes(tx, owner_id)
-        reserved = int(next(iter(tx.query(
-            "SELECT COALESCE(SUM(size), 0) AS total FROM quota_reservations WHERE owner_id = :owner",
-            owner=owner_id)))["total"])
+        # One statement, so one snapshot: a frame recorded meanwhile (its row in, its reservation
+        # out, in one commit) is counted exactly once (two statements may see neither on PostgreSQL).
+        row = next(iter(tx.query(
+            "SELECT (SELECT COALESCE(SUM(size), 0) FROM frames WHERE owner_id = :owner AND status = 'buffered') AS used, "
+            "(SELECT COALESCE(SUM(size), 0) FROM quota_reservations WHERE owner_id = :owner) AS reserved",
+            owner=owner_id)))
+        used, reserved = int(row["used"]), int(row["reserved"])
         reservation = None
         if used + reserved + nbytes <= settings.quota_bytes:
             reservation = tx["quota_reservations"].insert({"owner_id": owner_id, "size": nbytes, "created_at": now()})

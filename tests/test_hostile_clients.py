@@ -252,7 +252,7 @@ def test_the_right_password_racing_wrong_ones_gets_no_token_past_the_limit(site)
         assert right == 200 and late.status_code == 200
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mariadb"])
 def test_ten_frames_at_once_never_pass_the_quota(tmp_path, _database_servers, backend):
     if backend == "sqlite":
         env = {}
