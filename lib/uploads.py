@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from lib import chunks, queue, stacks
+from lib import chunks, queue
 from lib.db import now, release
 from lib.storage import delete_quietly
 from lib.fitsheader import FrameError, FrameHeader, parse, parse_stack, plausible_time, read_header_bytes
