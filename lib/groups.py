@@ -79,9 +79,11 @@ def _join(tx, kind: str, stack: dict, job_owner: int, settings) -> int:
 def _find_or_create(tx, kind: str, stack: dict) -> int:
     """The group of *kind* whose centre is nearest the stack's, within GROUP_RADIUS_DEG, or a new one."""
     owner = stack["owner_id"] if kind == DEEP else None
-    rows = tx.query("SELECT id, ra, dec, filter FROM stacks WHERE kind = :kind AND dec BETWEEN :lo AND :hi"
-                    + (" AND owner_id = :owner" if owner is not None else ""),
-                    kind=kind, lo=stack["dec"] - GROUP_RADIUS_DEG, hi=stack["dec"] + GROUP_RADIUS_DEG, owner=owner)
+    # Through dataset, which quotes column names: DEC is a reserved word on MariaDB.
+    near = {"kind": kind, "dec": {"between": [stack["dec"] - GROUP_RADIUS_DEG, stack["dec"] + GROUP_RADIUS_DEG]}}
+    if owner is not None:
+        near["owner_id"] = owner
+    rows = tx["stacks"].find(**near)
     best, best_distance = None, GROUP_RADIUS_DEG
     for row in rows:
         if row["filter"] != stack["filter"]:      # IRCUT and LP frames are different data: never one sum

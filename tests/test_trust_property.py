@@ -162,7 +162,7 @@ class Interleavings(RuleBasedStateMachine):
 
 
 TestInterleavings = Interleavings.TestCase
-TestInterleavings.settings = settings(max_examples=4, stateful_step_count=12, deadline=None,
+TestInterleavings.settings = settings(max_examples=3, stateful_step_count=12, deadline=None,
                                       suppress_health_check=list(HealthCheck),
                                       # shrinking replays whole runs of real processes: far too slow
                                       phases=[Phase.explicit, Phase.reuse, Phase.generate])
