@@ -160,14 +160,17 @@ def _after_removal(tx, group_id: int, removed: set[int], job_owner: int, setting
 
 def rebuild(tx, group: dict, job_owner: int | None, settings) -> list[str]:
     """Hide the group now (its file, its contributions) and queue the job that builds it anew from
-    its members. Returns the archive keys to delete once committed."""
+    its members (or delete it, when none is left). Returns the archive keys to delete once committed."""
+    remaining = members(tx, group)
+    if not remaining:
+        return delete_group(tx, group["id"])
     stale = [k for k in (group["fits_key"], group["preview_key"]) if k]
     tx["contributions"].delete(group_id=group["id"])
     tx.query("UPDATE stacks SET fits_key = NULL, preview_key = NULL, fits_size = NULL, "
              "version = version + 1 WHERE id = :g", g=group["id"])
     owner = group["owner_id"] if group["kind"] == DEEP else job_owner
     if owner is None:      # a crowd stack nobody is changing (the janitor found its file gone)
-        owner = next(iter(members(tx, group)), {}).get("owner_id")
+        owner = remaining[0]["owner_id"]
     ensure_job(tx, group["kind"], group["id"], owner, settings)
     return stale
 

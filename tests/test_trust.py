@@ -385,3 +385,41 @@ def test_the_stack_page_deletes_an_owners_stack_with_the_csrf_token(tmp_path, fi
         assert ursa.stacks() == [] and crowd_stacks(d) == []
     finally:
         d.stop_app()
+
+
+def test_a_buffer_outage_during_finalize_still_queues_every_chunk(tmp_path, field, s3_server):
+    """Finalize queues its jobs in the transaction that closes the session and touches storage only
+    after it: with the S3 buffer down, a finalize that skips an already stacked chunk (the Seestar
+    client's way) still answers 200 with the other chunk queued; the skipped chunk's raws, which
+    could not be deleted then, are removed by the janitor's reconcile once S3 is back."""
+    from tests.frames import small_frame_bytes
+    bucket = s3_server.new_bucket()
+    d = Site(tmp_path / "crowdsky", f"sqlite:///{tmp_path / 'crowdsky.db'}")
+    d.env.update({"CROWDSKY_BUFFER_URL": s3_server.url(bucket), "CROWDSKY_BUFFER_USER": s3_server.credentials.user,
+                  "CROWDSKY_BUFFER_PASSWORD": s3_server.credentials.secret})
+    d.start_app()
+    try:
+        ursa = Owner(d, "ursa", field, share=False)
+        ursa.upload()
+        d.settle()
+        [stacked] = ursa.stacks("chunk")
+        session = ursa.upload(n=1, finalize=False)                   # the same chunk key again: skipped
+        other = small_frame_bytes(seed=5)                            # another night: a chunk to queue
+        assert ursa.api.put_frame(session, "other.fit", other).status_code == 201
+        buffer = s3_server.open(bucket)
+        assert len(list(buffer.list("raw/"))) == 2
+
+        with s3_server.stopped():
+            answer = requests.post(f"{d.url}/api/raw_upload.php", params={"action": "finalize"},
+                                   data={"session_token": str(session), "overwrite": "0"},
+                                   auth=("ursa", "correct horse battery"), timeout=60)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["jobs"] == 1 and answer.json()["skipped"] == [stacked["chunk_key"]]
+        [status] = [s for s in ursa.api.get("/api/v1/status").json()["sessions"] if s["id"] == session]
+        assert [c["job"]["status"] for c in status["chunks"]] == ["pending"]
+
+        janitor = d.run("janitor.py", "--once", extra_env={"CROWDSKY_RECONCILE_GRACE_SECONDS": "0"})
+        assert janitor.returncode == 0, janitor.stderr[-2000:]
+        assert len(list(buffer.list("raw/"))) == 1                    # only the queued chunk's raw is left
+    finally:
+        d.stop_app()
