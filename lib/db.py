@@ -133,6 +133,14 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("objects", _T.text),             # JSON: catalogue objects in the field (lib/catalog.py)
         ("target", _T.string(32)),        # OpenNGC key it is filed under (NGC4736 for "M 94"), for search
         ("footprint", _T.text),           # JSON [[ra, dec] x 4]: its outline on the sky, for the sky map
+        # photometry (lib/stacking/photometry.py; NULL: not measured): header FWHMARC, MAGZPT, MAGZPSIG,
+        # MAGZPN, SKYMAG, LIMMAG
+        ("fwhm_arcsec", DOUBLE),
+        ("zero_point", DOUBLE),           # V mag of 1 ADU/s
+        ("zero_point_scatter", DOUBLE),   # mag
+        ("calibration_stars", _T.integer),
+        ("sky_mag", DOUBLE),              # V mag/arcsec²
+        ("limiting_mag", DOUBLE),         # V mag, 5σ point source
     ],
     "contributions": [                    # what went into a deep or crowd stack
         ("group_id", _T.integer),
