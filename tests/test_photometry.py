@@ -11,7 +11,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from lib import techcard
-from lib.stacking import photometry, solve, stack_files
+from lib.stacking import group_files, photometry, solve, stack_files
 from tests.frames import NIGHT_1, SHARED, real_frames
 
 needs_solver = pytest.mark.skipif(shutil.which("solve-field") is None,
@@ -91,14 +91,14 @@ def m94(tmp_path_factory):
     assert result.plate_solved, result.solve_reason
     result.write_fits(path)
     with fits.open(path) as hdul:
-        return hdul[0].header, hdul["STARS"].data
+        return hdul[0].header, hdul["STARS"].data, path
 
 
 @needs_solver
 @needs_frames
 @needs_index
 def test_the_catalogue_stars_of_the_field_land_on_stars_of_the_stack(m94):
-    header, stars = m94
+    header, stars, _ = m94
     wcs = solve.celestial_wcs(header)
     catalogue = photometry.field_catalogue(wcs, header["NAXIS1"], header["NAXIS2"])
     assert 15 <= len(catalogue.ra) <= 200 and catalogue.mag.min() > 5 and catalogue.mag.max() < 13.5
@@ -113,7 +113,7 @@ def test_the_catalogue_stars_of_the_field_land_on_stars_of_the_stack(m94):
 @needs_frames
 @needs_index
 def test_a_real_stack_carries_its_photometry(m94):
-    header, stars = m94
+    header, stars, _ = m94
     for key in ("FWHMARC", "MAGZPT", "MAGZPSIG", "MAGZPN", "SKYMAG", "LIMMAG"):
         assert isinstance(header[key], (int, float)), key
     assert header["PHOTBAND"] == "G"
@@ -143,13 +143,31 @@ def test_a_real_stack_carries_its_photometry(m94):
 @needs_frames
 @needs_index
 def test_the_technical_card_shows_the_photometry(m94):
-    header, _ = m94
+    header, _, _ = m94
     rows = dict(techcard.card({"frames": 6, "exposure_s": 60.0, "fwhm_px": header["FWHMARC"] / header["PLTSCALE"]},
                               header))
     assert rows["FWHM"].startswith(f"{header['FWHMARC']:.1f}″")
     assert rows["Sky brightness"] == f"{header['SKYMAG']:.2f} mag/arcsec² (V)"
     assert rows["Limiting magnitude"] == f"{header['LIMMAG']:.1f} (V, 5σ point source)"
     assert rows["Zero point"].startswith(f"{header['MAGZPT']:.2f} mag") and f"{header['MAGZPN']} Tycho-2 stars" in rows["Zero point"]
+
+
+@needs_solver
+@needs_frames
+@needs_index
+def test_a_deep_stack_of_one_chunk_stack_measures_like_it(m94, tmp_path):
+    """A deep stack is on its first contribution's brightness scale, sky subtracted: the same zero point,
+    depth and star size, and no sky brightness."""
+    header, _, path = m94
+    group = group_files.bring_up_to_date(None, [(1, path)], lambda *_: None)
+    deep = tmp_path / "deep.fits"
+    group.write_fits(deep)
+    result = photometry.measure_group_file(deep)
+    written = fits.getheader(deep)
+    assert written["MAGZPT"] == pytest.approx(result.zero_point, abs=1e-3) == pytest.approx(header["MAGZPT"], abs=0.05)
+    assert written["LIMMAG"] == pytest.approx(header["LIMMAG"], abs=0.3)
+    assert written["FWHMARC"] == pytest.approx(header["FWHMARC"], rel=0.1)
+    assert "SKYMAG" not in written and written["MAGZPN"] >= 5
 
 
 def test_an_unsolved_stack_has_no_photometry_rows():

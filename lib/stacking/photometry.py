@@ -27,6 +27,8 @@ import numpy as np
 import sep
 from astropy.io import fits
 
+from .solve import celestial_wcs, scale_arcsec
+
 INDEX_DIR = Path("/usr/share/astrometry")
 INDEX_GLOB = "index-tycho2-*.fits"
 DETECT_SIGMA = 5.0
@@ -270,12 +272,13 @@ def empty_aperture_noise(data: np.ndarray, mask: np.ndarray, radius: float, coun
 def field_catalogue(wcs, width: int, height: int, *, index_dir: Path = INDEX_DIR) -> Catalogue | None:
     """The catalogue stars of an image: `catalogue_stars` around its centre, out to its corners."""
     centre = wcs.all_pix2world([[(width - 1) / 2, (height - 1) / 2]], 0)[0]
-    radius = 0.5 * math.hypot(width, height) * _scale_arcsec(wcs) / 3600.0 * 1.05
+    radius = 0.5 * math.hypot(width, height) * scale_arcsec(wcs) / 3600.0 * 1.05
     return catalogue_stars(float(centre[0]), float(centre[1]), radius, index_dir=index_dir)
 
 
 def measure(plane: np.ndarray, wcs, exposure_s: float, *, coverage: np.ndarray | None = None,
-            catalogue: Catalogue | None = None, pedestal_adu: float = 0.0) -> Photometry:
+            catalogue: Catalogue | None = None, pedestal_adu: float = 0.0,
+            sky_subtracted: bool = False) -> Photometry:
     """Measure a stack's stars, zero point, sky brightness and limiting magnitude.
 
     Parameters
@@ -293,6 +296,8 @@ def measure(plane: np.ndarray, wcs, exposure_s: float, *, coverage: np.ndarray |
     pedestal_adu : float
         The sensor's offset included in the sky level (ADU); 0 when unknown, which makes ``sky_mag``
         a bright limit: the sky is at least that dark.
+    sky_subtracted : bool
+        The image's sky was taken off (a deep or crowd stack): no ``sky_mag`` (NaN).
 
     Returns
     -------
@@ -320,7 +325,7 @@ def measure(plane: np.ndarray, wcs, exposure_s: float, *, coverage: np.ndarray |
     if np.isfinite(fwhm_px):                         # a galaxy's nucleus or a knot of it is no star
         star &= fwhm <= 3.0 * fwhm_px
         clean &= star
-    scale = _scale_arcsec(wcs)
+    scale = scale_arcsec(wcs)
 
     # calibration aperture: 2 FWHM holds all of a star's light but its far wings, the same for every star
     aperture = float(np.clip(2.0 * fwhm_px, 3.0, 25.0)) if np.isfinite(fwhm_px) else 6.0
@@ -361,7 +366,7 @@ def measure(plane: np.ndarray, wcs, exposure_s: float, *, coverage: np.ndarray |
     limit = LIMIT_SIGMA * aperture_noise / share / exposure_s
     limiting_mag = zp - 2.5 * math.log10(limit) if limit > 0 and np.isfinite(limit) else float("nan")
     sky_rate = (sky_adu - pedestal_adu) / exposure_s / scale ** 2
-    sky_mag = zp - 2.5 * math.log10(sky_rate) if sky_rate > 0 else float("nan")
+    sky_mag = zp - 2.5 * math.log10(sky_rate) if sky_rate > 0 and not sky_subtracted else float("nan")
 
     return Photometry(
         fwhm_px=fwhm_px, fwhm_arcsec=fwhm_px * scale, zero_point=zp, zero_point_scatter=scatter,
@@ -376,10 +381,6 @@ def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
 
     kernel = np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)
     return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
-
-
-def _scale_arcsec(wcs) -> float:
-    return float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0)
 
 
 def _round(value: float, digits: int) -> float | None:
@@ -404,6 +405,44 @@ def header_cards(result: Photometry) -> list[tuple[str, object, str]]:
             cards.append((key, round(float(value), digits), comment))
     cards.append(("MAGZPN", int(result.calibration_stars), "catalogue stars of the zero point"))
     return cards
+
+
+def measure_group_file(path: Path) -> Photometry | None:
+    """Measure a deep or crowd stack's file and write the keywords into its primary header, in place.
+
+    A group's image is a sum of sky-subtracted contributions on its first contribution's brightness
+    scale (lib/stacking/deep.py): one unit is that stack's ADU/65535 in one of its frames' exposure
+    (GRID's EXPTIME / NCOMBINE), and there is no sky to measure (no SKYMAG). Pixels with at least half
+    the greatest weight count as fully exposed. The file's STARS table is the group's registration
+    stars; the measured stars are not written.
+
+    Returns
+    -------
+    Photometry or None
+        None when the file is not plate solved, is no group file, or no catalogue is installed.
+    """
+    with fits.open(path, mode="update", memmap=False) as hdul:
+        header = hdul[0].header
+        if header.get("PLTSOLVD") is not True or "GRID" not in hdul or "WEIGHT" not in hdul:
+            return None
+        grid = hdul["GRID"].header
+        try:
+            exposure = float(grid["EXPTIME"]) / float(grid["NCOMBINE"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return None
+        wcs = celestial_wcs(header)
+        image = hdul[0].data
+        catalogue = field_catalogue(wcs, image.shape[2], image.shape[1])
+        if catalogue is None or not exposure > 0:
+            return None
+        weight = np.nan_to_num(hdul["WEIGHT"].data.astype(np.float32), nan=0.0)
+        full = (weight >= 0.5 * weight.max()).astype(np.int16)
+        result = measure(image[1].astype(np.float32) * np.float32(65535), wcs, exposure, coverage=full,
+                         catalogue=catalogue, sky_subtracted=True)
+        for key, value, comment in header_cards(result):
+            header[key] = (value, comment)
+        hdul.flush()
+    return result
 
 
 def stars_table(result: Photometry) -> fits.BinTableHDU:
