@@ -239,7 +239,10 @@ def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
     # deep, crowd and telescope stacks (chunk stacks were solved when stacked); scratch in the job's folder
     solve_stack_file(fits_path, tmp_dir=str(workdir))
     if kind in ("deep", "crowd"):            # chunk stacks were measured when stacked
-        measure_group_file(fits_path)
+        try:
+            measure_group_file(fits_path)
+        except Exception as exc:   # the numbers describe the stack: never a reason to lose it
+            log.warning("job %s: photometry not measured: %s: %s", lease.job_id, type(exc).__name__, exc)
     beat.update(0.97, "archiving")
     stack_id = source.complete(lease, fits_path, preview_path)
     if stack_id is None:

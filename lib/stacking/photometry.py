@@ -12,7 +12,8 @@ turned into ADU/s with the exposure of one frame, since a stack is a mean of fra
 reference frame. ``MAGZPT`` is the magnitude of a source giving 1 ADU/s; a star's magnitude is
 ``MAGZPT − 2.5 log10(flux / exposure)``.
 
-Everything but `catalogue_stars` (which reads the index file) is a pure function of arrays.
+Everything but `catalogue_stars` (which reads the index file) and `measure_group_file` (which
+measures a file in place) is a pure function of arrays.
 Pixel positions are 0-based (x = column, y = row) as numpy indexes them; the STARS table holds them
 1-based, as FITS does.
 """
@@ -138,6 +139,7 @@ def _index(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return stars, scaling[:3], 1.0 / scaling[6], vt
 
 
+@functools.lru_cache(maxsize=8)
 def index_file(index_dir: Path = INDEX_DIR) -> Path | None:
     """The all-sky Tycho-2 index with the most stars in *index_dir* (None when there is none).
 

@@ -14,6 +14,7 @@ memory does not grow with the number of frames.
 from __future__ import annotations
 
 import io
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from .runner import Progress, releases_memory
 from . import photometry
 from .solve import celestial_wcs, hint_from_header, solve_luminance
 from .stars import StarField, aperture_fluxes, detect_stars
+
+log = logging.getLogger(__name__)
 
 ADU_SCALE = np.float32(1 / 65535)    # the cube and the stack hold ADU/65535, as Siril does
 SATURATION_ADU = 60000.0
@@ -332,7 +335,11 @@ def _photometry(image: np.ndarray, cover: np.ndarray, solution, exposure_s: floa
     catalogue = photometry.field_catalogue(wcs, image.shape[2], image.shape[1])
     if catalogue is None:
         return None
-    return photometry.measure(image[1] / ADU_SCALE, wcs, exposure_s, coverage=cover, catalogue=catalogue)
+    try:
+        return photometry.measure(image[1] / ADU_SCALE, wcs, exposure_s, coverage=cover, catalogue=catalogue)
+    except Exception as exc:   # the numbers are a description of the stack: never a reason to lose it
+        log.warning("photometry not measured: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def _temperature_card(headers: list[FrameHeader]) -> list[tuple[str, object, str]]:
