@@ -86,8 +86,10 @@ def card(stack: dict, header) -> list[tuple[str, str]]:
     add("Nights", str(stack.get("nights") or 1))
     fwhm = stack.get("fwhm_px")
     arcsec = _number(stack, header, "fwhm_arcsec", "FWHMARC")    # measured on the plate-solved stack
-    if arcsec and fwhm:
-        add("FWHM", f"{arcsec:.1f}″ ({fwhm:.2f} px)")
+    solved_scale = header.get("PLTSCALE") or scale
+    if arcsec and solved_scale:
+        # the stack's own stars, which are narrower than the frames' the row's fwhm_px is measured like
+        add("FWHM", f"{arcsec:.1f}″ ({arcsec / float(solved_scale):.2f} px)")
     elif fwhm:
         add("FWHM", f"{fwhm * scale:.1f}″ ({fwhm:.2f} px)" if scale else f"{fwhm:.2f} px")
     sky_mag = _number(stack, header, "sky_mag", "SKYMAG")

@@ -144,9 +144,8 @@ def test_a_real_stack_carries_its_photometry(m94):
 @needs_index
 def test_the_technical_card_shows_the_photometry(m94):
     header, _, _ = m94
-    rows = dict(techcard.card({"frames": 6, "exposure_s": 60.0, "fwhm_px": header["FWHMARC"] / header["PLTSCALE"]},
-                              header))
-    assert rows["FWHM"].startswith(f"{header['FWHMARC']:.1f}″")
+    rows = dict(techcard.card({"frames": 6, "exposure_s": 60.0, "fwhm_px": 3.2}, header))
+    assert rows["FWHM"] == f"{header['FWHMARC']:.1f}″ ({header['FWHMARC'] / header['PLTSCALE']:.2f} px)"
     assert rows["Sky brightness"] == f"{header['SKYMAG']:.2f} mag/arcsec² (V)"
     assert rows["Limiting magnitude"] == f"{header['LIMMAG']:.1f} (V, 5σ point source)"
     assert rows["Zero point"].startswith(f"{header['MAGZPT']:.2f} mag") and f"{header['MAGZPN']} Tycho-2 stars" in rows["Zero point"]
