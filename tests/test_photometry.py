@@ -73,6 +73,18 @@ def test_synthetic_stars_give_back_their_zero_point_size_sky_and_depth():
     assert np.median(np.abs(result.mag[calibrated] - result.catmag[calibrated])) < 0.02
 
 
+def test_without_catalogue_stars_or_without_stars_nothing_is_made_up():
+    image, wcs, catalogue = synthetic_field()
+    unmatched = photometry.Catalogue(catalogue.ra + 1.0, catalogue.dec, catalogue.mag)   # a degree away
+    result = photometry.measure(image, wcs, 10.0, catalogue=unmatched)
+    assert result.fwhm_arcsec == pytest.approx(3.0 * 2.4, rel=0.08) and result.calibration_stars == 0
+    assert all(math.isnan(v) for v in (result.zero_point, result.sky_mag, result.limiting_mag))
+    assert {key for key, _, _ in photometry.header_cards(result)} == {"PHOTBAND", "FWHMARC", "MAGZPN"}
+    sky = np.random.default_rng(0).normal(500, 10, image.shape).astype(np.float32)
+    empty = photometry.measure(sky, wcs, 10.0, catalogue=catalogue)
+    assert len(empty.x) == 0 and math.isnan(empty.fwhm_px) and math.isnan(empty.zero_point)
+
+
 def test_empty_apertures_measure_the_noise_an_aperture_sees():
     rng = np.random.default_rng(1)
     data = rng.normal(0, 2.0, (400, 400)).astype(np.float32)

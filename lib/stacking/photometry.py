@@ -321,8 +321,8 @@ def measure(plane: np.ndarray, wcs, exposure_s: float, *, coverage: np.ndarray |
     half_light, _ = sep.flux_radius(data, x, y, np.clip(6.0 * size, 4.0, 40.0), 0.5, subpix=3)
     fwhm = 2.0 * half_light                          # exact for a Gaussian profile
     peak = objects["peak"] + sky_adu
-    star = np.isfinite(fwhm) & (fwhm >= MIN_STAR_FWHM_PX) & (objects["flag"] & sep.OBJ_TRUNC == 0)
-    clean = star & (objects["flag"] & sep.OBJ_MERGED == 0) & (peak < SATURATION_ADU)
+    star = np.isfinite(fwhm) & (fwhm >= MIN_STAR_FWHM_PX) & ((objects["flag"] & sep.OBJ_TRUNC) == 0)
+    clean = star & ((objects["flag"] & sep.OBJ_MERGED) == 0) & (peak < SATURATION_ADU)
     fwhm_px = float(np.median(fwhm[clean])) if clean.any() else float("nan")
     if np.isfinite(fwhm_px):                         # a galaxy's nucleus or a knot of it is no star
         star &= fwhm <= 3.0 * fwhm_px
