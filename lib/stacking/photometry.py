@@ -113,13 +113,6 @@ class Photometry:
     star_fwhm: np.ndarray = field(repr=False)
     used: np.ndarray = field(repr=False)
 
-    def summary(self) -> dict:
-        """The scalars as the API and the stacks table show them (None where not measured)."""
-        return {"fwhm_arcsec": _round(self.fwhm_arcsec, 2), "zero_point": _round(self.zero_point, 3),
-                "zero_point_scatter": _round(self.zero_point_scatter, 3),
-                "calibration_stars": self.calibration_stars, "sky_mag": _round(self.sky_mag, 2),
-                "limiting_mag": _round(self.limiting_mag, 2), "stars": int(len(self.x))}
-
 
 # -------------------------------------------------------------------------------------- catalogue
 
@@ -383,10 +376,6 @@ def _dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
 
     kernel = np.ones((2 * pixels + 1, 2 * pixels + 1), np.uint8)
     return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
-
-
-def _round(value: float, digits: int) -> float | None:
-    return round(float(value), digits) if value is not None and np.isfinite(value) else None
 
 
 # -------------------------------------------------------------------------------------- FITS
