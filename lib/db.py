@@ -133,6 +133,14 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("objects", _T.text),             # JSON: catalogue objects in the field (lib/catalog.py)
         ("target", _T.string(32)),        # OpenNGC key it is filed under (NGC4736 for "M 94"), for search
         ("footprint", _T.text),           # JSON [[ra, dec] x 4]: its outline on the sky, for the sky map
+        # photometry (lib/stacking/photometry.py; NULL: not measured): header FWHMARC, MAGZPT, MAGZPSIG,
+        # MAGZPN, SKYMAG, LIMMAG
+        ("fwhm_arcsec", DOUBLE),
+        ("zero_point", DOUBLE),           # V mag of 1 ADU/s
+        ("zero_point_scatter", DOUBLE),   # mag
+        ("calibration_stars", _T.integer),
+        ("sky_mag", DOUBLE),              # V mag/arcsec²
+        ("limiting_mag", DOUBLE),         # V mag, 5σ point source
     ],
     "contributions": [                    # what went into a deep or crowd stack
         ("group_id", _T.integer),
@@ -245,7 +253,34 @@ def _sqlite_foreign_keys(dbapi_connection, _record):
         cursor.close()
 
 
-def connect(url: str) -> dataset.Database:
+class Database(dataset.Database):
+    """``dataset.Database`` whose tables, once the schema is complete, keep the shape they were
+    reflected with.
+
+    dataset forgets every reflected table on any rollback (``Database._flush_tables``, meant for a
+    table created in a transaction that was rolled back). Its tables are shared by every thread, so
+    one request's rollback (an IntegrityError, say) made the others reflect again while building a
+    statement: ``Table.find`` takes the table once for its WHERE clause and once for its SELECT,
+    got two different ``sqlalchemy.Table`` objects of one name and sent ``FROM frames, frames``
+    ("ambiguous column name: frames.id"). Our schema is declared in SCHEMA and only ever created
+    by `ensure_schema` before `pin`, so after that there is nothing to forget.
+    """
+
+    _pinned = False
+
+    def _flush_tables(self) -> None:
+        if not self._pinned:
+            super()._flush_tables()
+
+    def pin(self) -> None:
+        """Reflect every table of SCHEMA now, in one thread, and keep them from then on."""
+        for name in SCHEMA:
+            table = self.load_table(name)
+            table.columns               # reflects the table and caches its columns
+        self._pinned = True
+
+
+def connect(url: str) -> Database:
     """Open the database at *url* and make sure every table, column and index exists.
 
     An embedded SQLite file's folder is created if missing (a first run has no ``./var`` yet).
@@ -267,8 +302,10 @@ def connect(url: str) -> dataset.Database:
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     elif url.startswith("mysql://") or url.startswith("mariadb://"):
         url = "mysql+pymysql://" + url.split("://", 1)[1]
-    db = dataset.connect(url, engine_kwargs=engine_kwargs, ensure_schema=False)
+    db = Database(url, engine_kwargs=engine_kwargs, ensure_schema=False)
     ensure_schema(db)
+    db.pin()
+    release(db)
     return db
 
 

@@ -93,7 +93,30 @@ def sky_columns(header: fits.Header) -> dict:
     outline = [[round(ra, 5), round(dec, 5)] for ra, dec in summary["footprint"]] if summary["solved"] else None
     return {"filter": filter_name, "solved": summary["solved"], "sky": json.dumps(summary),
             "objects": json.dumps(objects), "target": target, "footprint": json.dumps(outline),
-            "shown_object": shown}
+            "shown_object": shown, **photometry_columns(header)}
+
+
+# stacks-table column <- header keyword of the stack's photometry (lib/stacking/photometry.py)
+PHOTOMETRY_COLUMNS = {"fwhm_arcsec": "FWHMARC", "zero_point": "MAGZPT", "zero_point_scatter": "MAGZPSIG",
+                      "calibration_stars": "MAGZPN", "sky_mag": "SKYMAG", "limiting_mag": "LIMMAG"}
+
+
+def photometry_columns(header: fits.Header) -> dict:
+    """The stacks-table columns of a stack's photometry keywords (None where the header has none)."""
+    columns = {column: _finite(header.get(keyword)) for column, keyword in PHOTOMETRY_COLUMNS.items()}
+    if columns["calibration_stars"] is not None:
+        columns["calibration_stars"] = int(columns["calibration_stars"])
+    return columns
+
+
+def photometry_view(stack: dict) -> dict | None:
+    """``photometry`` of `GET /api/v1/stacks/<id>`: the measured numbers, None when not measured."""
+    if stack.get("zero_point") is None and stack.get("fwhm_arcsec") is None:
+        return None
+    return {"fwhm_arcsec": stack.get("fwhm_arcsec"), "zero_point": stack.get("zero_point"),
+            "zero_point_scatter": stack.get("zero_point_scatter"), "sky_mag": stack.get("sky_mag"),
+            "limiting_mag": stack.get("limiting_mag"), "stars": stack.get("calibration_stars"),
+            "band": "V (Tycho-2 VT, measured on the green plane)"}
 
 
 def _median(values):

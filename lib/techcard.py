@@ -1,6 +1,7 @@
 """The stack page's technical card: equipment and acquisition as a reader of an astrophoto expects
 them (telescope model, filter, gain, sensor temperature, focal length and pixel scale, frames,
-integration, nights, FWHM in arcseconds), from the stack's FITS header and its stacks row.
+integration, nights, FWHM in arcseconds, sky brightness, limiting magnitude, zero point), from the
+stack's FITS header and its stacks row.
 
 Only the FITS header is read (a ranged read of its first blocks), never the pixels.
 """
@@ -84,10 +85,34 @@ def card(stack: dict, header) -> list[tuple[str, str]]:
         add("Integration", _duration(exposure) + (f" ({frames} × {sub:g} s)" if sub else ""))
     add("Nights", str(stack.get("nights") or 1))
     fwhm = stack.get("fwhm_px")
-    if fwhm:
+    arcsec = _number(stack, header, "fwhm_arcsec", "FWHMARC")    # measured on the plate-solved stack
+    solved_scale = header.get("PLTSCALE") or scale
+    if arcsec and solved_scale:
+        # the stack's own stars, which are narrower than the frames' the row's fwhm_px is measured like
+        add("FWHM", f"{arcsec:.1f}″ ({arcsec / float(solved_scale):.2f} px)")
+    elif fwhm:
         add("FWHM", f"{fwhm * scale:.1f}″ ({fwhm:.2f} px)" if scale else f"{fwhm:.2f} px")
+    sky_mag = _number(stack, header, "sky_mag", "SKYMAG")
+    add("Sky brightness", f"{sky_mag:.2f} mag/arcsec² (V)" if sky_mag else None)
+    limit = _number(stack, header, "limiting_mag", "LIMMAG")
+    add("Limiting magnitude", f"{limit:.1f} (V, 5σ point source)" if limit else None)
+    zero_point = _number(stack, header, "zero_point", "MAGZPT")
+    if zero_point:
+        stars = _number(stack, header, "calibration_stars", "MAGZPN")
+        scatter = _number(stack, header, "zero_point_scatter", "MAGZPSIG")
+        detail = ", ".join(part for part in (f"{stars:.0f} Tycho-2 stars" if stars else "",
+                                             f"scatter {scatter:.2f} mag" if scatter is not None else "") if part)
+        add("Zero point", f"{zero_point:.2f} mag (V of 1 ADU/s)" + (f" · {detail}" if detail else ""))
     add("Chunk key", stack.get("chunk_key"))   # the internal name, for support and the API
     return rows
+
+
+def _number(stack: dict, header, column: str, keyword: str) -> float | None:
+    """A photometric number from the stacks row, else from the header (files measured before the row had it)."""
+    value = stack.get(column)
+    if value is None:
+        value = header.get(keyword)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _duration(seconds: float) -> str:

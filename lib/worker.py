@@ -27,6 +27,7 @@ from lib.db import release
 from lib.stacking import StackingError, stack_files
 from lib.stacking.group_files import bring_up_to_date
 from lib.stacking.imported import read_telescope_stack
+from lib.stacking.photometry import measure_group_file
 from lib.stacking.solve import solve_stack_file
 
 log = logging.getLogger("crowdsky.stacker")
@@ -237,6 +238,11 @@ def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
     beat.update(0.96, "plate solving")
     # deep, crowd and telescope stacks (chunk stacks were solved when stacked); scratch in the job's folder
     solve_stack_file(fits_path, tmp_dir=str(workdir))
+    if kind in ("deep", "crowd"):            # chunk stacks were measured when stacked
+        try:
+            measure_group_file(fits_path)
+        except Exception as exc:   # the numbers describe the stack: never a reason to lose it
+            log.warning("job %s: photometry not measured: %s: %s", lease.job_id, type(exc).__name__, exc)
     beat.update(0.97, "archiving")
     stack_id = source.complete(lease, fits_path, preview_path)
     if stack_id is None:

@@ -134,6 +134,29 @@ def test_a_chunk_stack_shows_its_wcs_and_names_m94_on_its_nucleus(sky):
     assert abs(m94["ra"] - M94[0]) < 0.001 and abs(m94["dec"] - M94[1]) < 0.001
 
 
+def test_a_chunk_stack_shows_its_photometry_as_its_fits_has_it(sky):
+    """`GET /api/v1/stacks/<id>` and the technical card give the photometry the stacker wrote into the FITS;
+    deep stacks are measured too."""
+    d, alice, _, _ = sky
+    [stack] = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "chunk"]
+    photometry = alice.get(f"/api/v1/stacks/{stack['id']}").json()["photometry"]
+    header = fits.getheader(io.BytesIO(alice.get(stack["fits_url"]).content))
+    assert photometry["fwhm_arcsec"] == pytest.approx(header["FWHMARC"])
+    assert photometry["zero_point"] == pytest.approx(header["MAGZPT"])
+    assert photometry["zero_point_scatter"] == pytest.approx(header["MAGZPSIG"])
+    assert photometry["sky_mag"] == pytest.approx(header["SKYMAG"])
+    assert photometry["limiting_mag"] == pytest.approx(header["LIMMAG"])
+    assert photometry["stars"] == header["MAGZPN"] >= 3
+    assert 16 < photometry["sky_mag"] < 22 and 12 < photometry["limiting_mag"] < 20
+    page = alice.get(f"/stacks/{stack['id']}").text
+    assert f"{header['SKYMAG']:.2f} mag/arcsec² (V)" in page and f"{header['LIMMAG']:.1f} (V, 5σ point source)" in page
+    # her deep stack (this chunk stack alone) is on its brightness scale, sky subtracted: no sky brightness
+    [deep] = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "deep"]
+    deep_photometry = alice.get(f"/api/v1/stacks/{deep['id']}").json()["photometry"]
+    assert deep_photometry["zero_point"] == pytest.approx(photometry["zero_point"], abs=0.05)
+    assert deep_photometry["sky_mag"] is None and deep_photometry["limiting_mag"] > 12
+
+
 def test_the_deep_stack_carries_the_wcs_of_its_grid(sky):
     _, alice, _, _ = sky
     [deep] = [s for s in alice.get("/api/v1/stacks").json()["stacks"] if s["kind"] == "deep"]

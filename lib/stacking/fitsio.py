@@ -15,6 +15,7 @@ import numpy as np
 from astropy.io import fits
 
 from .debayer import bayer_pattern
+from .photometry import Photometry, header_cards, stars_table
 from .solve import Solution, write_solution
 
 # Keywords copied from the reference frame into the stack when present. They describe the target,
@@ -137,13 +138,16 @@ def _column(values: Sequence[float | int | None], fill: float) -> np.ndarray:
 def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, *, reference: FrameHeader,
                 reference_name: str, ncombine: int, exptime_total: float, date_beg: str, date_end: str,
                 frames: Sequence[FrameRow], history: Sequence[str],
-                extra_cards: Sequence[tuple[str, object, str]] = (), solution: Solution | None = None) -> None:
+                extra_cards: Sequence[tuple[str, object, str]] = (), solution: Solution | None = None,
+                photometry: Photometry | None = None) -> None:
     """Write the stack: primary HDU (3, H, W) float32, image extension COVERAGE (H, W) int16
     (frames covering each pixel) and binary table FRAMES (every input frame, used or not).
     extra_cards: (keyword, value, comment) added to the primary header, e.g. the preview's factors.
 
     image: (3, H, W) float32, R, G, B, in ADU/65535 of the reference frame after normalisation.
     solution: the plate solve's outcome (WCS + PLTSOLVD, see solve.write_solution); None: not tried.
+    photometry: its keywords (FWHMARC, MAGZPT, SKYMAG, LIMMAG, ...) go into the primary header and its
+    stars into a binary table STARS (see photometry.py); None: not measured.
     """
     primary = fits.PrimaryHDU(np.ascontiguousarray(image, dtype=np.float32))
     header = primary.header
@@ -161,6 +165,9 @@ def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, 
         header[key] = (value, comment)
     if solution is not None:
         write_solution(header, solution)
+    if photometry is not None:
+        for key, value, comment in header_cards(photometry):
+            header[key] = (value, comment)
     for line in history:
         header.add_history(ascii_safe(line))
 
@@ -181,7 +188,8 @@ def write_stack(path: Path | BinaryIO, image: np.ndarray, coverage: np.ndarray, 
 
     cover = fits.ImageHDU(np.ascontiguousarray(coverage, dtype=np.int16), name="COVERAGE")
     cover.header["COMMENT"] = "number of combined frames covering each pixel after registration"
-    fits.HDUList([primary, cover, table]).writeto(path, overwrite=True)
+    extensions = [cover, table] + ([stars_table(photometry)] if photometry is not None else [])
+    fits.HDUList([primary, *extensions]).writeto(path, overwrite=True)
 
 
 def exposure_end(date_obs: datetime, exptime: float) -> datetime:

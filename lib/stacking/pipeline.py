@@ -14,6 +14,7 @@ memory does not grow with the number of frames.
 from __future__ import annotations
 
 import io
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,11 @@ from .options import FrameVerdict, StackingError, StackOptions, StackResult
 from .preview import encode_png, plan_rendering, render
 from .register import Registration, RegistrationError, find_registration, warp
 from .runner import Progress, releases_memory
-from .solve import hint_from_header, solve_luminance
+from . import photometry
+from .solve import celestial_wcs, hint_from_header, solve_luminance
 from .stars import StarField, aperture_fluxes, detect_stars
+
+log = logging.getLogger(__name__)
 
 ADU_SCALE = np.float32(1 / 65535)    # the cube and the stack hold ADU/65535, as Siril does
 SATURATION_ADU = 60000.0
@@ -305,11 +309,12 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
             hint = hint_from_header({key: value for key, value, _ in reference_header.carried})
             # in the stack's scratch folder: removed with it, even after a crash (see runner.py)
             solution = solve_luminance(luminance, hint, time_limit=options.solve_time_limit, tmp_dir=str(workdir))
+        measured_photometry = _photometry(image, cover, solution, reference_header.exptime)
         fits_file = io.BytesIO()
         write_stack(fits_file, image, cover, reference=reference_header, reference_name=names[reference],
                     ncombine=len(used), exptime_total=exptime_total, date_beg=date_beg, date_end=date_end,
                     frames=rows, history=history, extra_cards=rendering.header_cards() + _temperature_card(headers),
-                    solution=solution)
+                    solution=solution, photometry=measured_photometry)
         png_bytes = png.result()
     return StackResult(
         frames=verdicts, ncombine=len(used), exptime_total=exptime_total,
@@ -319,6 +324,22 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
         fits_bytes=fits_file.getvalue(), png_bytes=png_bytes,
         plate_solved=bool(solution and solution.solved), solve_reason=solution.reason if solution else "not tried",
         solve_seconds=solution.seconds if solution else 0.0)
+
+
+def _photometry(image: np.ndarray, cover: np.ndarray, solution, exposure_s: float):
+    """The stack's photometry (lib/stacking/photometry.py) on its green plane, calibrated on the Tycho-2
+    stars its WCS places; None when it is not plate solved or no catalogue is installed."""
+    if solution is None or not solution.solved:
+        return None
+    wcs = celestial_wcs(solution.wcs)
+    catalogue = photometry.field_catalogue(wcs, image.shape[2], image.shape[1])
+    if catalogue is None:
+        return None
+    try:
+        return photometry.measure(image[1] / ADU_SCALE, wcs, exposure_s, coverage=cover, catalogue=catalogue)
+    except Exception as exc:   # the numbers are a description of the stack: never a reason to lose it
+        log.warning("photometry not measured: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def _temperature_card(headers: list[FrameHeader]) -> list[tuple[str, object, str]]:
