@@ -44,7 +44,8 @@ from .fitsio import read_frame
 ADU_SCALE = np.float32(1 / 65535)
 SEEING_SLACK = 0.5        # a drop may exceed the stack's local range by this share of the local signal
 ENVELOPE_SIZE = 3         # reference pixels across the window whose min and max bound a drop
-FOOTPRINT_MARGIN_PX = 3   # raw rows read beyond a band's exact footprint (drop size, rounding)
+PAD_FACTOR = 2            # fine rows and columns of padding around a band's sums, per unit of factor
+FOOTPRINT_MARGIN_PX = 4   # raw rows read beyond a band's exact footprint (drop size, rounding)
 BAND_OVERHEAD = 24 * 2**20   # per-worker temporaries besides the band (one raw frame and its pixmaps)
 MIN_BAND_BYTES = 8 * 2**20
 COLOURS = "RGB"
@@ -128,7 +129,10 @@ def drizzle_band(task) -> BandCounts:
     rows, frames, pattern, factor, pixfrac, sigma_low, sigma_high, stack, bounds, sky, output = task
     _, height, width = stack.shape
     fine_width = output.shape[2]
-    sums = np.zeros((3, rows[1] - rows[0], fine_width), np.float32)
+    # the kernel drops a pixel whose centre lands off its output array, even if its drop overlaps the
+    # array's edge: the sums are padded all round so that every drop reaching the band lands inside
+    pad = PAD_FACTOR * factor
+    sums = np.zeros((3, rows[1] - rows[0] + 2 * pad, fine_width + 2 * pad), np.float32)
     weights = np.zeros_like(sums)
     # one accumulator per colour, fed by every frame: the kernel keeps sums as a running weighted mean
     kernels = [Drizzle(kernel="square", out_img=sums[c], out_wht=weights[c], disable_ctx=True, fillval=0.0)
@@ -159,13 +163,14 @@ def drizzle_band(task) -> BandCounts:
                 continue
             spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
             slack = SEEING_SLACK * np.maximum(high - sky[c], 0.0)
-            keep = inside & (values <= high + sigma_high * spread + slack) \
-                & (values >= low - sigma_low * spread - slack)
+            # a pixel landing just off the reference still overlaps its edge pixels: checked against the
+            # nearest edge pixel, kept
+            keep = (values <= high + sigma_high * spread + slack) & (values >= low - sigma_low * spread - slack)
             fine_y = fine_coordinates(ref_y, factor)
             in_band = inside & (fine_y >= rows[0] - 0.5) & (fine_y < rows[1] - 0.5)  # counted in one band
             dropped += int(np.count_nonzero(keep & in_band))
             rejected += int(np.count_nonzero(~keep & in_band))
-            pixmap = np.dstack([fine_coordinates(ref_x, factor), fine_y - rows[0]])
+            pixmap = np.dstack([fine_coordinates(ref_x, factor) + pad, fine_y - rows[0] + pad])
             # pixfrac is in the sub-sampled plane's pixels, two raw pixels apart: half gives the raw drop
             kernels[c].add_image(np.ascontiguousarray(values), exptime=1.0, pixmap=pixmap,
                                  weight_map=(keep * np.float32(frame.weight[c])).astype(np.float32),
@@ -173,12 +178,13 @@ def drizzle_band(task) -> BandCounts:
         del raw
     holes = np.zeros(3, np.int64)
     resampled = _resampled_band(reference, rows, factor, fine_width)
+    band = sums[:, pad:-pad, pad:-pad]
     for c in range(3):
-        empty = weights[c] <= 0
+        empty = weights[c, pad:-pad, pad:-pad] <= 0
         holes[c] = int(np.count_nonzero(empty))
-        sums[c][empty] = resampled[c][empty]
+        band[c][empty] = resampled[c][empty]
     image = output.map(writable=True)
-    image[:, rows[0]:rows[1]] = sums
+    image[:, rows[0]:rows[1]] = band
     return BandCounts(dropped, rejected, holes)
 
 
