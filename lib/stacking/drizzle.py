@@ -39,7 +39,7 @@ import numpy as np
 from drizzle.resample import Drizzle
 
 from .cube import DiskArray
-from .fitsio import read_frame
+from astropy.io import fits
 
 ADU_SCALE = np.float32(1 / 65535)
 SEEING_SLACK = 0.5        # a drop may exceed the stack's local range by this share of the local signal
@@ -47,7 +47,7 @@ ENVELOPE_SIZE = 3         # reference pixels across the window whose min and max
 PAD_FACTOR = 2            # fine rows and columns of padding around a band's sums, per unit of factor
 FOOTPRINT_MARGIN_PX = 4   # raw rows read beyond a band's exact footprint (drop size, rounding)
 BAND_OVERHEAD = 24 * 2**20   # per-worker temporaries besides the band (one raw frame and its pixmaps)
-MIN_BAND_BYTES = 8 * 2**20
+MIN_BAND_BYTES = 32 * 2**20   # fewer, larger bands: each band reads every frame's rows again
 COLOURS = "RGB"
 
 
@@ -143,10 +143,10 @@ def drizzle_band(task) -> BandCounts:
         y0, y1 = _footprint_rows(frame.matrix, rows, factor, (height, width))
         if y1 - y0 < 2:
             continue
-        raw, _ = read_frame(frame.path)
+        raw = _raw_rows(frame.path, y0, y1)
         for dy, dx, c in cfa_sites(pattern):
             first = y0 + (dy - y0) % 2
-            values = raw[first:y1:2, dx::2].astype(np.float32)
+            values = raw[first - y0::2, dx::2].astype(np.float32)
             if values.size == 0:
                 continue
             ys, xs = np.mgrid[first:y1:2, dx:width:2].astype(np.float64)
@@ -186,6 +186,13 @@ def drizzle_band(task) -> BandCounts:
     image = output.map(writable=True)
     image[:, rows[0]:rows[1]] = band
     return BandCounts(dropped, rejected, holes)
+
+
+def _raw_rows(path: str, y0: int, y1: int) -> np.ndarray:
+    """Rows [y0, y1) of a raw frame in ADU (uint16 → float32), reading only those rows. The frame was
+    read and checked whole when it was registered (fitsio.read_frame)."""
+    with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+        return np.asarray(hdul[0].section[y0:y1, :], dtype=np.float32)
 
 
 def _resampled_band(reference: np.ndarray, rows: tuple[int, int], factor: int, fine_width: int) -> np.ndarray:

@@ -228,7 +228,9 @@ def _drizzle(stack, cover, stack_file: DiskArray, frames, pattern: str, options:
                f"drizzled band {done}/{len(tasks)}")
     # a fine pixel lies on the frames that cover the reference pixel it is part of
     fine_cover = np.repeat(np.repeat(cover, factor, axis=0), factor, axis=1)
-    return np.array(fine.map()), fine_cover, Drizzled(dropped, rejected, holes / (fine_shape[0] * fine_shape[1]))
+    # read, not mapped and copied: the mapped pages would add the image's size again to this process
+    image = np.fromfile(fine.path, dtype=np.float32).reshape(fine.shape)
+    return image, fine_cover, Drizzled(dropped, rejected, holes / (fine_shape[0] * fine_shape[1]))
 
 
 def _grade(measured: list[Measured], options: StackOptions) -> tuple[list[str | None], int]:
