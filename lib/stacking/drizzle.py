@@ -153,27 +153,34 @@ def drizzle_band(task) -> BandCounts:
             ref_x = frame.matrix[0, 0] * xs + frame.matrix[0, 1] * ys + frame.matrix[0, 2]
             ref_y = frame.matrix[1, 0] * xs + frame.matrix[1, 1] * ys + frame.matrix[1, 2]
             values = values * np.float32(frame.gain[c] * ADU_SCALE) + np.float32(frame.offset[c])
-            near_x, near_y = np.rint(ref_x).astype(np.intp), np.rint(ref_y).astype(np.intp)
-            inside = (near_x >= 0) & (near_x < width) & (near_y >= 0) & (near_y < height)
-            near_x, near_y = np.clip(near_x, 0, width - 1), np.clip(near_y, 0, height - 1)
-            expected = reference[c, near_y, near_x]
-            low, high = limits[0, c, near_y, near_x], limits[1, c, near_y, near_x]
-            residual = (values - expected)[inside]
-            if residual.size == 0:
+            fine_y = fine_coordinates(ref_y, factor)
+            # a turned frame's footprint box is wider than the band: only pixels landing near it are checked
+            near = (fine_y >= rows[0] - pad) & (fine_y < rows[1] + pad)
+            if not near.any():
                 continue
+            candidates = values[near]
+            near_x, near_y = np.rint(ref_x[near]).astype(np.intp), np.rint(ref_y[near]).astype(np.intp)
+            inside = (near_x >= 0) & (near_x < width) & (near_y >= 0) & (near_y < height)
+            if not inside.any():
+                continue
+            near_x, near_y = np.clip(near_x, 0, width - 1), np.clip(near_y, 0, height - 1)
+            residual = (candidates - reference[c, near_y, near_x])[inside]
             spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
+            low, high = limits[0, c, near_y, near_x], limits[1, c, near_y, near_x]
             slack = SEEING_SLACK * np.maximum(high - sky[c], 0.0)
             # a pixel landing just off the reference still overlaps its edge pixels: checked against the
             # nearest edge pixel, kept
-            keep = (values <= high + sigma_high * spread + slack) & (values >= low - sigma_low * spread - slack)
-            fine_y = fine_coordinates(ref_y, factor)
-            in_band = inside & (fine_y >= rows[0] - 0.5) & (fine_y < rows[1] - 0.5)  # counted in one band
-            dropped += int(np.count_nonzero(keep & in_band))
-            rejected += int(np.count_nonzero(~keep & in_band))
+            kept = (candidates <= high + sigma_high * spread + slack) \
+                & (candidates >= low - sigma_low * spread - slack)
+            counted = inside & (fine_y[near] >= rows[0] - 0.5) & (fine_y[near] < rows[1] - 0.5)  # one band each
+            dropped += int(np.count_nonzero(kept & counted))
+            rejected += int(np.count_nonzero(~kept & counted))
+            weight = np.zeros(values.shape, np.float32)
+            weight[near] = kept * np.float32(frame.weight[c])
             pixmap = np.dstack([fine_coordinates(ref_x, factor) + pad, fine_y - rows[0] + pad])
             # pixfrac is in the sub-sampled plane's pixels, two raw pixels apart: half gives the raw drop
             kernels[c].add_image(np.ascontiguousarray(values), exptime=1.0, pixmap=pixmap,
-                                 weight_map=(keep * np.float32(frame.weight[c])).astype(np.float32),
+                                 weight_map=weight,
                                  pixfrac=pixfrac / 2, in_units="cps", iscale=1.0, pixel_scale_ratio=1.0)
         del raw
     holes = np.zeros(3, np.int64)
