@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -136,7 +135,8 @@ def bench_set(label: str, frames: list[Path], out: Path, use_siril: bool, repeat
     if use_siril:
         ours, theirs = measured["CrowdSky x2"], measured["Siril drizzle"]
         print(f"{'ratio x2/Siril':16} {ours[0].wall_s / theirs[0].wall_s:7.2f} "
-              f"{ours[0].tree_rss_mb / theirs[0].tree_rss_mb:11.2f} {ours[0].tree_pss_mb / theirs[0].tree_pss_mb:11.2f} "
+              f"{ours[0].tree_rss_mb / theirs[0].tree_rss_mb:11.2f} "
+              f"{ours[0].tree_pss_mb / theirs[0].tree_pss_mb:11.2f} "
               f"{'':7} {ours[1] / theirs[1]:7.2f} {'':8} {ours[2] / theirs[2]:7.2f}")
 
 

@@ -7,9 +7,10 @@
 
 The frames come from lib/stacking/synthetic.py at full S50 size (1080 x 1920): stars with Gaussian
 PSFs, shot and read noise, hot pixels, one satellite trail and one cloudy frame, each frame turned by
-up to ±3° and shifted by up to ±60 px (an alt-az mount's field rotation and drift). Both tools run one after the other, each in a process
-tree of its own, measured as in stack_vs_siril.py: wall time, peak memory of the process tree (RSS
-sum, PSS sum, largest process), sky noise, FWHM and SNR of the same stars, frames rejected, ratios.
+up to ±3° and shifted by up to ±60 px (an alt-az mount's field rotation and drift). Both tools run
+one after the other, each in a process tree of its own, measured as in stack_vs_siril.py: wall time,
+peak memory of the process tree (RSS sum, PSS sum, largest process), sky noise, FWHM and SNR of the
+same stars, frames rejected, ratios.
 
 Only the cold path is measured here: the warm one (frames uploaded through the API to a running
 `stacker.py --loop`, chunks then the deep stack) needs the service's processes and is not in this
@@ -59,8 +60,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="crowdsky-night-") as scratch:
         folder = args.keep or Path(scratch)
         session = make_night(folder, args.frames, args.seed)
-        bench_set(f"synthetic night, {args.frames} frames of 1080x1920", session.paths, args.out, use_siril, 1,
-                  session)
+        bench_set(f"synthetic night, {args.frames} frames of 1080x1920", session.paths, args.out, use_siril,
+                  1, session)
         if args.drizzle:
             out = args.out / "crowdsky-x2.fits"
             run = run_measured([sys.executable, "stacker.py", "stack", *map(str, session.paths), "-o", str(out),

@@ -27,8 +27,9 @@ Units. Drizzle computes a weighted mean, so the output stays in ADU/65535 per re
 stretch unchanged); a star's flux is the sum over its fine pixels divided by factor².
 
 Memory. The output is made in bands of fine rows, one band per task: a worker holds its band's sums
-and weights and reads every frame once per band (from the page cache after the first band), so
-memory does not grow with the number of frames and is bounded by the band size.
+and weights and reads from every frame only the raw rows whose drops can reach the band, so memory
+does not grow with the number of frames and is bounded by the band size. Stack and envelope are
+DiskArrays (cube.py) the workers map.
 """
 from __future__ import annotations
 
@@ -36,10 +37,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from drizzle.resample import Drizzle
-
-from .cube import DiskArray
 from astropy.io import fits
+from drizzle.resample import Drizzle
 
 ADU_SCALE = np.float32(1 / 65535)
 SEEING_SLACK = 0.5        # a drop may exceed the stack's local range by this share of the local signal
