@@ -2,7 +2,7 @@
 
     python stacker.py --once            claim and stack one pending job, then exit
     python stacker.py --loop            keep stacking until SIGTERM / Ctrl-C
-    python stacker.py stack FRAME... -o OUT.fits [--preview OUT.png]
+    python stacker.py stack FRAME... -o OUT.fits [--preview OUT.png] [--drizzle 2 [--pixfrac 0.7]]
                                         stack local files with the same pipeline, no server
 
 It is stateless: run it from cron, from the janitor's scheduler, or as many copies on many machines.
@@ -20,13 +20,19 @@ from pathlib import Path
 
 
 def stack_command(argv) -> int:
-    from lib.stacking import StackingError, stack_files
+    from lib.stacking import StackingError, StackOptions, stack_files
 
     parser = argparse.ArgumentParser(prog="stacker.py stack", description="Stack local raw frames.")
     parser.add_argument("frames", nargs="+", type=Path, help="raw FITS frames (16-bit Bayer)")
     parser.add_argument("-o", "--output", required=True, type=Path, help="output FITS, (3, H, W) float32")
     parser.add_argument("--preview", type=Path, help="also write an auto-stretched PNG preview")
+    parser.add_argument("--drizzle", type=int, default=1, choices=(1, 2, 3), metavar="N",
+                        help="Bayer drizzle onto an N times finer grid (1: off, the default)")
+    parser.add_argument("--pixfrac", type=float, default=0.7,
+                        help="drizzle drop size as a fraction of a raw pixel (0.1..1, default 0.7)")
     args = parser.parse_args(argv)
+    if not 0.1 <= args.pixfrac <= 1.0:
+        parser.error("--pixfrac must be between 0.1 and 1")
     missing = [str(p) for p in args.frames if not p.is_file()]
     if missing:
         parser.error("no such file: " + ", ".join(missing))
@@ -35,7 +41,8 @@ def stack_command(argv) -> int:
         print(f"{100 * fraction:3.0f}% {message}", file=sys.stderr, flush=True)
 
     try:
-        result = stack_files(args.frames, progress=progress)
+        result = stack_files(args.frames, progress=progress,
+                             options=StackOptions(drizzle=args.drizzle, pixfrac=args.pixfrac))
     except StackingError as exc:
         print(f"stacking failed: {exc}", file=sys.stderr)
         return 2

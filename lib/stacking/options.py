@@ -21,6 +21,7 @@ NORMALIZATIONS = ("addscale", "add", "none")
 WEIGHTINGS = ("noise", "none")
 INTERPOLATIONS = ("lanczos4", "cubic")
 CUBE_DTYPES = ("float16", "float32")
+DRIZZLE_FACTORS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class StackOptions:
     cube_dtype: str = "float16"      # registered frames on disk; float16 halves I/O at ~0.05 % precision
     tmp_dir: str | None = None       # where the disk-backed cube lives; None: the system temp dir
 
+    drizzle: int = 1                 # Bayer drizzle onto a grid this many times finer (1: off; see drizzle.py)
+    pixfrac: float = 0.7             # drizzle drop size, a fraction of a raw pixel's side
+
     plate_solve: bool = True         # solve the stack with solve-field (see solve.py) when it is installed
     solve_time_limit: float = 20.0   # CPU seconds the solver may spend on one stack
 
@@ -67,6 +71,10 @@ class StackOptions:
                 raise ValueError(f"StackOptions.{name} must be one of {allowed}, not {getattr(self, name)!r}")
         if self.mem_limit < 8 * 2**20:
             raise ValueError("StackOptions.mem_limit must be at least 8 MiB")
+        if self.drizzle not in DRIZZLE_FACTORS:
+            raise ValueError(f"StackOptions.drizzle must be one of {DRIZZLE_FACTORS}, not {self.drizzle!r}")
+        if not 0.1 <= self.pixfrac <= 1.0:
+            raise ValueError(f"StackOptions.pixfrac must be between 0.1 and 1, not {self.pixfrac!r}")
         if self.workers is not None and self.workers < 1:
             raise ValueError("StackOptions.workers must be at least 1")
 
@@ -112,10 +120,13 @@ class StackResult:
     plate_solved: bool = False        # the FITS header holds a celestial WCS (PLTSOLVD = T)
     solve_reason: str | None = None   # why not, when it does not
     solve_seconds: float = 0.0        # wall time of the plate solve
+    drizzle: int = 1                  # output grid is this many times finer than a frame (fwhm_px, noise on it)
+    drizzle_holes: float = 0.0        # share of drizzled pixels (mean over R, G, B) no drop reached
 
     @property
     def image(self) -> np.ndarray:
-        """(3, H, W) float32 R, G, B in ADU/65535 of the reference frame, read from fits_bytes."""
+        """(3, H, W) float32 R, G, B in ADU/65535 of the reference frame, read from fits_bytes
+        (drizzled: (3, f·H, f·W), still ADU/65535 per reference pixel)."""
         return self._hdu_data(0).astype("float32")
 
     @property

@@ -6,6 +6,8 @@ one stacked colour image out.
     register   every graded frame, in parallel: match stars, demosaic, warp, write into the cube
     normalise  sky offset and star-flux scale per frame and channel, inverse-variance weights
     combine    row block by row block, in parallel: reject outliers, weighted mean
+    drizzle    only when asked (options.drizzle > 1): the raw frames again, band by band onto a finer
+               grid, each drop checked against the combined stack (see drizzle.py)
 
 File reading happens only here; the steps themselves are pure functions in the sibling modules. Worker
 processes hold one frame (or one row block) at a time and the frames live in a disk-backed cube, so
@@ -16,13 +18,14 @@ from __future__ import annotations
 import io
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from . import combine as combine_step
+from . import drizzle as drizzle_step
 from .cube import DiskArray
 from .debayer import cfa_luminance, debayer
 from .fitsio import FrameHeader, FrameReadError, FrameRow, exposure_end, format_date, read_frame, write_stack
@@ -43,6 +46,7 @@ SATURATION_ADU = 60000.0
 CHUNK_OVERHEAD = 20 * 2**20          # combine's per-worker temporaries besides the block (CHUNK_ELEMENTS)
 CV_TYPES = {"float16": cv2.CV_16F, "float32": cv2.CV_32F}
 PROGRESS_MEASURED, PROGRESS_REGISTERED = 0.3, 0.75   # fractions of the run at the end of each stage
+PROGRESS_COMBINED_BEFORE_DRIZZLE = 0.85
 
 # ------------------------------------------------------------------------------- worker-side steps
 
@@ -179,13 +183,58 @@ def run_pipeline(paths: list[Path], names: list[str], report: Progress, options:
     blocks = _row_blocks(shape, len(used), workers, options.mem_limit)
     tasks = [(rows, slots, gain, offset, weights, options, cube, output, coverage) for rows in blocks]
     rejected = 0
+    combined = PROGRESS_COMBINED_BEFORE_DRIZZLE if options.drizzle > 1 else 1.0
     for done, dropped in enumerate(pool.imap_unordered(_combine_rows, tasks), 1):
         rejected += dropped
-        report(PROGRESS_REGISTERED + (1 - PROGRESS_REGISTERED) * done / len(tasks),
+        report(PROGRESS_REGISTERED + (combined - PROGRESS_REGISTERED) * done / len(tasks),
                f"combined block {done}/{len(tasks)}")
+    image, cover, drizzled = np.array(output.map()), np.array(coverage.map()), None
+    if options.drizzle > 1:
+        frames = [drizzle_step.DrizzleFrame(str(paths[i]), registered[i].registration.matrix, gain[k], offset[k],
+                                            weights[k]) for k, i in enumerate(used)]
+        image, cover, drizzled = _drizzle(image, cover, output, frames, measured[reference].header.pattern,
+                                          options, pool, workdir, workers, report)
     pool.close()  # the workers' memory is no longer needed while the result is put together
-    return _result(np.array(output.map()), np.array(coverage.map()), names, measured, registered, reasons, used,
-                   reference, weights, rejected, options, workdir)
+    return _result(image, cover, names, measured, registered, reasons, used, reference, weights, rejected,
+                   options, workdir, drizzled)
+
+
+@dataclass
+class Drizzled:
+    """What the drizzle step did: raw pixels dropped and rejected, share of fine pixels per colour
+    that no drop reached."""
+
+    dropped: int
+    rejected: int
+    holes: np.ndarray    # (3,) fractions
+
+
+def _drizzle(stack, cover, stack_file: DiskArray, frames, pattern: str, options: StackOptions, pool,
+             workdir: Path, workers: int, report: Progress) -> tuple[np.ndarray, np.ndarray, Drizzled]:
+    """The (3, f·H, f·W) drizzled image, its (f·H, f·W) coverage and what it did, from the combined
+    (3, H, W) stack (also in stack_file, which the workers map) and the used frames."""
+    factor = options.drizzle
+    bounds = DiskArray.create(workdir / "envelope.f32", "float32", (2, *stack.shape))
+    bounds.map(writable=True)[:] = drizzle_step.envelope(stack)
+    covered = cover > 0
+    sky = np.array([np.median(plane[covered][::7]) if covered.any() else 0.0 for plane in stack], np.float32)
+    fine_shape = (stack.shape[1] * factor, stack.shape[2] * factor)
+    fine = DiskArray.create(workdir / "drizzle.f32", "float32", (3, *fine_shape))
+    clip = options.rejection != "none"
+    low, high = (options.sigma_low, options.sigma_high) if clip else (np.inf, np.inf)
+    tasks = [(rows, frames, pattern, factor, options.pixfrac, low, high, stack_file, bounds, sky, fine)
+             for rows in drizzle_step.band_rows(fine_shape, workers, options.mem_limit)]
+    dropped = rejected = 0
+    holes = np.zeros(3)
+    for done, counts in enumerate(pool.imap_unordered(drizzle_step.drizzle_band, tasks), 1):
+        dropped, rejected, holes = dropped + counts.dropped, rejected + counts.rejected, holes + counts.holes
+        report(PROGRESS_COMBINED_BEFORE_DRIZZLE + (1 - PROGRESS_COMBINED_BEFORE_DRIZZLE) * done / len(tasks),
+               f"drizzled band {done}/{len(tasks)}")
+    # a fine pixel lies on the frames that cover the reference pixel it is part of
+    fine_cover = np.repeat(np.repeat(cover, factor, axis=0), factor, axis=1)
+    # read, not mapped and copied: the mapped pages would add the image's size again to this process
+    image = np.fromfile(fine.path, dtype=np.float32).reshape(fine.shape)
+    return image, fine_cover, Drizzled(dropped, rejected, holes / (fine_shape[0] * fine_shape[1]))
 
 
 def _grade(measured: list[Measured], options: StackOptions) -> tuple[list[str | None], int]:
@@ -261,7 +310,7 @@ def _nothing_usable(names: list[str], reasons: list[str | None]) -> str:
 
 
 def _result(image, cover, names, measured, registered, reasons, used, reference, weights, rejected,
-            options, workdir: Path) -> StackResult:
+            options, workdir: Path, drizzled: Drizzled | None = None) -> StackResult:
     weight_of = {i: float(weights[k].mean()) for k, i in enumerate(used)}
     verdicts, rows = [], []
     for i, name in enumerate(names):
@@ -297,6 +346,21 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
                f"rejection: {options.rejection} (low {options.sigma_low}, high {options.sigma_high}), "
                f"{rejected} values rejected",
                *[f"frame used: {names[i]}" for i in used]]
+    factor = options.drizzle if drizzled is not None else 1
+    written_header = reference_header
+    if drizzled is not None:
+        history[4:4] = [f"Bayer drizzle x{factor}, pixfrac {options.pixfrac}, square kernel",
+                        f"drizzle: {drizzled.rejected} of {drizzled.dropped + drizzled.rejected} raw px rejected",
+                        "drizzle: px no drop reached (R, G, B): " + ", ".join(f"{100 * h:.1f} %"
+                                                                              for h in drizzled.holes)]
+        # the pixel size the plate scale is computed from (206.265 XPIXSZ / FOCALLEN) is the fine grid's
+        carried = tuple((key, value / factor, "[um] effective pixel size after drizzle")
+                        if key in ("XPIXSZ", "YPIXSZ") and isinstance(value, (int, float)) else (key, value, comment)
+                        for key, value, comment in reference_header.carried)
+        written_header = replace(reference_header, carried=(
+            *carried,
+            ("DRIZZLE", factor, "Bayer drizzle: output grid factor x finer"),
+            ("PIXFRAC", options.pixfrac, "drizzle drop side, fraction of a raw pixel")))
     # the files are rendered here, where the libraries are loaded, so that the caller needs none of them;
     # the preview in a thread (numpy and OpenCV let go of the GIL) while the plate solver (a child
     # process) runs and astropy writes the FITS; the rendering's factors are measured first (a few tens
@@ -307,11 +371,13 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
         solution = None
         if options.plate_solve:
             hint = hint_from_header({key: value for key, value, _ in reference_header.carried})
+            if hint is not None and hint.scale_arcsec:  # a drizzled stack's pixels are factor x finer
+                hint = replace(hint, scale_arcsec=hint.scale_arcsec / factor)
             # in the stack's scratch folder: removed with it, even after a crash (see runner.py)
             solution = solve_luminance(luminance, hint, time_limit=options.solve_time_limit, tmp_dir=str(workdir))
         measured_photometry = _photometry(image, cover, solution, reference_header.exptime)
         fits_file = io.BytesIO()
-        write_stack(fits_file, image, cover, reference=reference_header, reference_name=names[reference],
+        write_stack(fits_file, image, cover, reference=written_header, reference_name=names[reference],
                     ncombine=len(used), exptime_total=exptime_total, date_beg=date_beg, date_end=date_end,
                     frames=rows, history=history, extra_cards=rendering.header_cards() + _temperature_card(headers),
                     solution=solution, photometry=measured_photometry)
@@ -323,7 +389,8 @@ def _result(image, cover, names, measured, registered, reasons, used, reference,
         noise=found.noise, fwhm_px=found.fwhm_px, stars=found.count,
         fits_bytes=fits_file.getvalue(), png_bytes=png_bytes,
         plate_solved=bool(solution and solution.solved), solve_reason=solution.reason if solution else "not tried",
-        solve_seconds=solution.seconds if solution else 0.0)
+        solve_seconds=solution.seconds if solution else 0.0,
+        drizzle=factor, drizzle_holes=float(drizzled.holes.mean()) if drizzled is not None else 0.0)
 
 
 def _photometry(image: np.ndarray, cover: np.ndarray, solution, exposure_s: float):
