@@ -30,7 +30,7 @@ migrate: install
 
 test: install-test
 	bash infra/test-databases.sh
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf var .pytest_cache test-artifacts
