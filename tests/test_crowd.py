@@ -253,3 +253,15 @@ def test_deep_and_crowd_stack_pages_draw_m94_on_the_galaxy_and_work(crowd_site, 
         stretched = outline_off_blob(page, "M 94", shown["width"], artifacts / f"stack-{kind}-m94-stretched.png")
         assert stretched["off"] < tolerance(stretched["css_per_pixel"]), (kind, stretched)
     assert not problems, problems
+
+    # last, as it changes the site: the deep stack's Delete button, confirmed, deletes it and only it
+    [deep] = [s for s in listing if s["kind"] == "deep" and s["owner"] == "alice"]
+    [chunk] = [s for s in listing if s["kind"] == "chunk" and s["owner"] == "alice"]
+    page.goto(f"{d.url}/stacks/{deep['id']}")
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    with page.expect_navigation():
+        page.click("#delete-stack button[type=submit]")
+    assert asked and "deep stack" in asked[0] and page.url.endswith("/stacks")
+    assert alice.get(f"/api/v1/stacks/{deep['id']}").status_code == 404
+    assert alice.get(f"/api/v1/stacks/{chunk['id']}").status_code == 200
