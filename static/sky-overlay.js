@@ -91,6 +91,13 @@
     const left = shown.x0, top = H - shown.y0 - shown.height;          // the box, in SVG user units
     const inBox = (x, y) => x >= shown.x0 - 0.5 && x <= shown.x0 + shown.width - 0.5 &&
                             y >= shown.y0 - 0.5 && y <= shown.y0 + shown.height - 0.5;
+    // the PNG is the box 1:1; one of another size (a deep stack written before its header recorded the
+    // crop) would put every label in the wrong place: better none
+    if (img.naturalWidth && (img.naturalWidth !== shown.width || img.naturalHeight !== shown.height)) {
+      status.textContent = `plate solved · ${wcs.scale_arcsec.toFixed(2)}″/px · no overlay: this preview ` +
+                           "does not say which part of the stack it shows (it will when the stack is next updated)";
+      return;
+    }
 
     const svg = el("svg", {class: "sky-overlay", viewBox: `${left} ${top} ${shown.width} ${shown.height}`,
                            preserveAspectRatio: "none", "aria-hidden": "true"}, layer);
@@ -205,8 +212,12 @@
     status.textContent = `plate solved · ${wcs.scale_arcsec.toFixed(2)}″/px`;
   }
 
-  fetch(`/api/v1/stacks/${match[1]}`, {credentials: "same-origin"})
-    .then((r) => (r.ok ? r.json() : null))
-    .then((stack) => { if (stack) start(stack); })
+  // drawn once the preview has loaded: its size is checked against the box the API gives
+  const loaded = img.complete ? Promise.resolve() : new Promise((done) => {
+    img.addEventListener("load", done, {once: true});
+    img.addEventListener("error", done, {once: true});
+  });
+  Promise.all([fetch(`/api/v1/stacks/${match[1]}`, {credentials: "same-origin"}).then((r) => (r.ok ? r.json() : null)), loaded])
+    .then(([stack]) => { if (stack) start(stack); })
     .catch(() => {});
 })();
