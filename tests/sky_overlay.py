@@ -4,8 +4,11 @@ the stretch canvas over it). Neither side is computed from the other: the outlin
 WCS, object list and preview box through static/sky-overlay.js; the blob from the screen's pixels."""
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
+from astropy.io import fits
 
 
 def log_in(page, url, username, password="correct horse battery"):
@@ -19,10 +22,6 @@ def log_in(page, url, username, password="correct horse battery"):
 def preview_box_of(fits_bytes: bytes, png_bytes: bytes) -> dict:
     """The box of the FITS the preview PNG shows, from the FITS header's PV* crop, checked against the
     PNG's own size."""
-    import io
-
-    from astropy.io import fits
-
     header = fits.getheader(io.BytesIO(fits_bytes))
     y0, y1, x0, x1 = (int(header[k]) for k in ("PVCROPY0", "PVCROPY1", "PVCROPX0", "PVCROPX1"))
     png = cv2.imdecode(np.frombuffer(png_bytes, np.uint8), cv2.IMREAD_COLOR)

@@ -10,6 +10,7 @@ from astropy.io import fits
 from lib.stacking import deep
 from lib.stacking.normalize import sky_level_and_noise
 from tests.frames import NIGHT_1, NIGHT_2, real_frames
+from tests.sky_overlay import log_in, outline_off_blob, preview_box_of, scroll_to_picture, stretch, tolerance, zoom_in_at
 
 
 def upload_night(user, night):
@@ -220,9 +221,6 @@ def test_deep_and_crowd_stack_pages_draw_m94_on_the_galaxy_and_work(crowd_site, 
     on the galaxy on screen, at the fit, zoomed in and over the stretch canvas; the page has its
     technical card and a stretch control that starts at the header's stretch; only the owner's deep
     stack offers Delete."""
-    from tests.sky_overlay import (log_in, outline_off_blob, preview_box_of, scroll_to_picture, stretch,
-                                   tolerance, zoom_in_at)
-
     d, users = crowd_site
     alice = users["alice"]
     problems = []
