@@ -1,8 +1,9 @@
 // Stack page, for plate-solved stacks: RA/Dec under the pointer, an optional RA/Dec grid, labelled
 // outlines of the catalogue objects in the field, and a scale bar in arcminutes. Everything comes from
-// GET /api/v1/stacks/<id> ("wcs", "objects" and "preview"); the overlay is an SVG laid over the preview
-// inside the picture wrapper that static/zoom.js moves, so it follows zoom and pan, and lies over the
-// stretch canvas too.
+// GET /api/v1/stacks/<id> ("wcs", "objects" and "preview"); the overlay is an SVG laid over the picture
+// (the preview or the stretch canvas) on the box it takes on screen, re-placed whenever static/zoom.js
+// moves the picture. It is not transformed with the picture: drawn at screen scale, its text and lines
+// stay sharp and thin at any zoom (the picture's layer is rasterised once and scaled).
 //
 // Pixels: the API speaks FITS image pixels, 0-based, x along NAXIS1 and y along NAXIS2. The SVG's user
 // units are the whole FITS flipped (the preview shows the first FITS row at the bottom): FITS pixel
@@ -13,7 +14,7 @@
 (function () {
   const viewport = document.getElementById("viewport");
   const img = document.getElementById("preview");
-  const layer = img && (img.closest(".picture") || viewport);   // what zoom.js transforms
+  const layer = img && (img.closest(".picture") || img);   // what zoom.js transforms
   const tools = document.querySelector(".viewer-tools");
   const match = location.pathname.match(/^\/stacks\/(\d+)/);
   if (!viewport || !img || !tools || !match) return;
@@ -100,7 +101,7 @@
     }
 
     const svg = el("svg", {class: "sky-overlay", viewBox: `${left} ${top} ${shown.width} ${shown.height}`,
-                           preserveAspectRatio: "none", "aria-hidden": "true"}, layer);
+                           preserveAspectRatio: "none", "aria-hidden": "true"}, viewport);
     const grid = el("g", {class: "sky-grid"}, svg);
     const outlines = el("g", {class: "sky-objects"}, svg);
     const readout = document.createElement("span");
@@ -170,16 +171,16 @@
       }
     }
 
-    // --- following the preview: the SVG sits on the preview's box inside the layer zoom.js moves ------
+    // --- following the preview: the SVG takes the box the (zoomed, panned) preview has on screen ------
     function follow() {
-      svg.style.left = img.offsetLeft + "px";
-      svg.style.top = img.offsetTop + "px";
-      svg.style.width = img.offsetWidth + "px";
-      svg.style.height = img.offsetHeight + "px";
+      const r = img.getBoundingClientRect(), v = viewport.getBoundingClientRect();
+      svg.style.left = (r.left - v.left - viewport.clientLeft) + "px";
+      svg.style.top = (r.top - v.top - viewport.clientTop) + "px";
+      svg.style.width = r.width + "px";
+      svg.style.height = r.height + "px";
       // scale bar: a round number of arcminutes that shows as 60-160 CSS pixels at this zoom
-      const cssPerPixel = img.getBoundingClientRect().width / shown.width;
+      const cssPerPixel = r.width / shown.width;
       if (!(cssPerPixel > 0)) return;
-      svg.style.setProperty("--zoom", (img.getBoundingClientRect().width / img.offsetWidth).toFixed(4));
       svg.style.fontSize = (12 / cssPerPixel).toFixed(2) + "px";
       const arcmin = [0.5, 1, 2, 5, 10, 15, 20, 30, 60].find((m) => m * 60 / wcs.scale_arcsec * cssPerPixel >= 60) || 60;
       bar.querySelector(".bar").style.width = (arcmin * 60 / wcs.scale_arcsec * cssPerPixel).toFixed(1) + "px";
