@@ -654,6 +654,8 @@ def api_stack(stack_id):
                           for f in gallery_lib.frames_in_time_order(svc.db, stack_id)]
     view |= stacks.sky_view(stack)
     view["photometry"] = stacks.photometry_view(stack)
+    # the preview PNG is cropped: pages that draw on it in FITS pixels need to know to what
+    view["preview"] = stacks.preview_box(techcard.read_header(svc.archive, stack["fits_key"]))
     if stack["kind"] in (groups.DEEP, groups.CROWD):
         view["contributors"] = groups.credits(svc.db, stack_id)
         view["chunk_stacks"] = groups.contributing_stacks(svc.db, stack_id)

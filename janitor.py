@@ -38,6 +38,7 @@ def tasks(svc) -> list[tuple[str, object, int]]:
         ("drop-unstackable-raws", lambda: janitor_tasks.drop_unstackable_raws(svc), 3600),
         ("reconcile", lambda: janitor_tasks.reconcile(svc, settings.reconcile_grace_seconds), 3600),
         ("prune-thumbnails", lambda: janitor_tasks.prune_thumbnails(svc), 3600),
+        ("prune-renditions", lambda: janitor_tasks.prune_renditions(svc), 3600),
         ("forget-stackers", lambda: queue.forget_stackers(svc.db), 3600),
     ]
     if settings.stack_every_minutes > 0:

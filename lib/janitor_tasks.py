@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from lib import gallery, groups, queue, stacks, uploads
+from lib import gallery, groups, pictures, queue, stacks, uploads
 from lib.db import now
 from lib.storage import StorageError, delete_quietly
 
@@ -65,6 +65,12 @@ def drop_unstackable_raws(svc) -> list[int]:
 def prune_thumbnails(svc) -> list[str]:
     """Cached gallery thumbnails of previews no stack shows any more (on this machine's DATA_DIR)."""
     return gallery.prune_thumbnails(svc.db, gallery.thumbnail_cache(svc.settings))
+
+
+def prune_renditions(svc) -> list[str]:
+    """Cached stretch-control renditions (~4.5 MB each, on this machine's DATA_DIR) of stacks deleted or
+    restacked, unused for 30 days, or half-written."""
+    return pictures.prune_renditions(svc.db, pictures.rendition_cache(svc.settings))
 
 
 def reconcile(svc, grace_s: float = 3600.0) -> dict:

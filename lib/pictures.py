@@ -6,7 +6,8 @@ Both start from the linear FITS and the rendering recorded in its header (lib/st
 crop, sky model, white balance, chroma noise reduction); a stack written before the header carried
 those factors gets them measured afresh. The rendition is cached on the app's machine
 ($DATA_DIR/cache/pictures), keyed like the thumbnails by stack id and a hash of the FITS key;
-`prune_renditions` drops those of stacks gone or restacked and those unused for a month.
+`prune_renditions` (the janitor's hourly `prune-renditions`) drops those of stacks gone or restacked
+and those unused for a month.
 
 Rendition format (GET /stacks/<id>/rendition.bin): little-endian uint16 R, G, B interleaved, rows top
 to bottom as shown (the FITS's first row at the bottom), at most RENDITION_SIDE px on the long side;
@@ -194,8 +195,7 @@ def rendition_name(stack: dict) -> str:
 def prune_renditions(db, cache_dir: Path, unused_s: float = 30 * 86400.0, min_age_s: float = 3600.0) -> list[str]:
     """Delete cached renditions no stack has any more (restacked or deleted; older than min_age_s, so
     one written for a stack newer than this look at the table stays), those not used for unused_s,
-    and half-written files. Returns the names deleted. The janitor's hourly thumbnail pruning is the
-    place to call it from."""
+    and half-written files. Returns the names deleted. The janitor's hourly `prune-renditions` calls it."""
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
         return []

@@ -246,6 +246,23 @@ def sky_view(stack: dict) -> dict:
     return {"wcs": wcs, "objects": objects}
 
 
+def preview_box(header: fits.Header | None) -> dict | None:
+    """The part of the stack the preview PNG shows, in FITS pixels (0-based, y along NAXIS2):
+    ``{"x0", "y0", "width", "height"}``; the PNG is that box 1:1 with FITS row y0 at its bottom.
+
+    The crop comes from the preview's PV* header cards (lib/stacking/preview.py); a stack written before
+    previews were cropped shows its whole image. None when *header* is None (the FITS could not be read).
+    """
+    if header is None:
+        return None
+    width, height = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
+    try:
+        y0, y1, x0, x1 = (int(header[k]) for k in ("PVCROPY0", "PVCROPY1", "PVCROPX0", "PVCROPX1"))
+    except (KeyError, ValueError, TypeError):
+        return {"x0": 0, "y0": 0, "width": width, "height": height}
+    return {"x0": x0, "y0": y0, "width": x1 - x0, "height": y1 - y0}
+
+
 def download_name(stack: dict) -> str:
     safe_object = "".join(c if c.isalnum() else "_" for c in stack["object"]).strip("_") or "stack"
     return f"CrowdSky_{stack['kind']}_{safe_object}_{stack['chunk_key'] or stack['id']}.fits"

@@ -1,14 +1,20 @@
 // Stack page, for plate-solved stacks: RA/Dec under the pointer, an optional RA/Dec grid, labelled
 // outlines of the catalogue objects in the field, and a scale bar in arcminutes. Everything comes from
-// GET /api/v1/stacks/<id> ("wcs" and "objects"); the overlay is an SVG in the preview's pixels that
-// follows the preview's zoom and pan (static/zoom.js) by copying its transform.
+// GET /api/v1/stacks/<id> ("wcs", "objects" and "preview"); the overlay is an SVG laid over the picture
+// (the preview or the stretch canvas) on the box it takes on screen, re-placed whenever static/zoom.js
+// moves the picture. It is not transformed with the picture: drawn at screen scale, its text and lines
+// stay sharp and thin at any zoom (the picture's layer is rasterised once and scaled).
 //
-// Pixels: the API speaks FITS image pixels, 0-based, x along NAXIS1 and y along NAXIS2; the preview PNG
-// shows the first FITS row at the bottom, so a FITS pixel (x, y) is drawn at (x + 0.5, H - 0.5 - y).
+// Pixels: the API speaks FITS image pixels, 0-based, x along NAXIS1 and y along NAXIS2. The SVG's user
+// units are the whole FITS flipped (the preview shows the first FITS row at the bottom): FITS pixel
+// (x, y) is at (x + 0.5, H - 0.5 - y). The preview PNG shows only the box "preview" {x0, y0, width,
+// height} (cropped to what most frames cover), so the SVG's viewBox is that box: whatever lies outside
+// it is clipped.
 "use strict";
 (function () {
   const viewport = document.getElementById("viewport");
   const img = document.getElementById("preview");
+  const layer = img && (img.closest(".picture") || img);   // what zoom.js transforms
   const tools = document.querySelector(".viewer-tools");
   const match = location.pathname.match(/^\/stacks\/(\d+)/);
   if (!viewport || !img || !tools || !match) return;
@@ -81,9 +87,21 @@
     }
     const W = wcs.width, H = wcs.height, proj = projection(wcs.tan);
     const svgX = (x) => x + 0.5, svgY = (y) => H - 0.5 - y;
+    // the part of the FITS the preview shows (a stack from before cropping shows all of it)
+    const shown = stack.preview || {x0: 0, y0: 0, width: W, height: H};
+    const left = shown.x0, top = H - shown.y0 - shown.height;          // the box, in SVG user units
+    const inBox = (x, y) => x >= shown.x0 - 0.5 && x <= shown.x0 + shown.width - 0.5 &&
+                            y >= shown.y0 - 0.5 && y <= shown.y0 + shown.height - 0.5;
+    // the PNG is the box 1:1; one of another size (a deep stack written before its header recorded the
+    // crop) would put every label in the wrong place: better none
+    if (img.naturalWidth && (img.naturalWidth !== shown.width || img.naturalHeight !== shown.height)) {
+      status.textContent = `plate solved · ${wcs.scale_arcsec.toFixed(2)}″/px · no overlay: this preview ` +
+                           "does not say which part of the stack it shows (it will when the stack is next updated)";
+      return;
+    }
 
-    const svg = el("svg", {class: "sky-overlay", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none",
-                           "aria-hidden": "true"}, viewport);
+    const svg = el("svg", {class: "sky-overlay", viewBox: `${left} ${top} ${shown.width} ${shown.height}`,
+                           preserveAspectRatio: "none", "aria-hidden": "true"}, viewport);
     const grid = el("g", {class: "sky-grid"}, svg);
     const outlines = el("g", {class: "sky-objects"}, svg);
     const readout = document.createElement("span");
@@ -100,12 +118,19 @@
     // --- objects ---------------------------------------------------------------------------------
     // Strokes keep their width on screen (vector-effect in the CSS); text is sized in ems of the
     // SVG's font size, which follow() keeps at 12 CSS pixels whatever the zoom.
+    // An object wholly outside the preview's box is left out; one across its edge is clipped, its label
+    // kept inside the box.
     for (const o of stack.objects || []) {
+      const corners = o.outline && o.outline.length ? o.outline : [[o.x, o.y]];
+      const xs = corners.map(([x]) => x), ys = corners.map(([, y]) => y);
+      if (Math.max(...xs) < shown.x0 - 0.5 || Math.min(...xs) > shown.x0 + shown.width - 0.5 ||
+          Math.max(...ys) < shown.y0 - 0.5 || Math.min(...ys) > shown.y0 + shown.height - 0.5) continue;
       const points = (o.outline || []).map(([x, y]) => `${svgX(x).toFixed(1)},${svgY(y).toFixed(1)}`).join(" ");
       const g = el("g", {class: "sky-object", "data-name": o.name}, outlines);
       if (points) el("polygon", {points}, g);
-      const top = Math.min(...(o.outline || [[o.x, o.y]]).map(([, y]) => svgY(y)));
-      const label = el("text", {x: svgX(o.x), y: top, dy: "-0.5em", "text-anchor": "middle"}, g);
+      const above = Math.min(...ys.map(svgY));
+      const label = el("text", {x: Math.min(Math.max(svgX(o.x), left), left + shown.width),
+                                y: Math.max(above, top), dy: above < top ? "1em" : "-0.5em", "text-anchor": "middle"}, g);
       label.textContent = o.name;
       el("title", {}, g).textContent = [o.name, ...(o.aliases || [])].join(" · ") + ` (${o.type})`;
     }
@@ -128,9 +153,9 @@
         const inside = pts.filter(Boolean);
         if (inside.length < 2) return;
         el("polyline", {points: inside.map(([x, y]) => `${svgX(x).toFixed(1)},${svgY(y).toFixed(1)}`).join(" ")}, grid);
-        const shown = inside.filter(([x, y]) => x >= 0 && y >= 0 && x < W && y < H);
-        if (!shown.length) return;
-        const edge = shown.reduce((a, b) => (atTop ? svgY(b[1]) < svgY(a[1]) : svgX(b[0]) < svgX(a[0])) ? b : a);
+        const seen = inside.filter(([x, y]) => inBox(x, y));
+        if (!seen.length) return;
+        const edge = seen.reduce((a, b) => (atTop ? svgY(b[1]) < svgY(a[1]) : svgX(b[0]) < svgX(a[0])) ? b : a);
         const t = el("text", {x: svgX(edge[0]), y: svgY(edge[1]), dx: "0.3em", dy: atTop ? "1em" : "-0.3em"}, grid);
         t.textContent = text;
       };
@@ -146,15 +171,15 @@
       }
     }
 
-    // --- following the preview: same box, same transform ----------------------------------------
+    // --- following the preview: the SVG takes the box the (zoomed, panned) preview has on screen ------
     function follow() {
-      svg.style.left = img.offsetLeft + "px";
-      svg.style.top = img.offsetTop + "px";
-      svg.style.width = img.offsetWidth + "px";
-      svg.style.height = img.offsetHeight + "px";
-      svg.style.transform = img.style.transform;
+      const r = img.getBoundingClientRect(), v = viewport.getBoundingClientRect();
+      svg.style.left = (r.left - v.left - viewport.clientLeft) + "px";
+      svg.style.top = (r.top - v.top - viewport.clientTop) + "px";
+      svg.style.width = r.width + "px";
+      svg.style.height = r.height + "px";
       // scale bar: a round number of arcminutes that shows as 60-160 CSS pixels at this zoom
-      const cssPerPixel = img.getBoundingClientRect().width / W;
+      const cssPerPixel = r.width / shown.width;
       if (!(cssPerPixel > 0)) return;
       svg.style.fontSize = (12 / cssPerPixel).toFixed(2) + "px";
       const arcmin = [0.5, 1, 2, 5, 10, 15, 20, 30, 60].find((m) => m * 60 / wcs.scale_arcsec * cssPerPixel >= 60) || 60;
@@ -162,14 +187,16 @@
       bar.querySelector(".label").textContent = arcmin >= 1 ? `${arcmin}′` : `${arcmin * 60}″`;
       bar.dataset.arcmin = arcmin;
     }
-    new MutationObserver(follow).observe(img, {attributes: true, attributeFilter: ["style"]});
+    new MutationObserver(follow).observe(layer, {attributes: true, attributeFilter: ["style"]});
+    if (window.ResizeObserver) new ResizeObserver(follow).observe(img);   // e.g. the portrait layout
     window.addEventListener("resize", follow);
     if (img.complete) follow(); else img.addEventListener("load", follow);
 
     viewport.addEventListener("pointermove", (e) => {
       const r = img.getBoundingClientRect();
-      const x = (e.clientX - r.left) / r.width * W - 0.5, y = H - 0.5 - (e.clientY - r.top) / r.height * H;
-      if (x < -0.5 || y < -0.5 || x > W - 0.5 || y > H - 0.5) return;
+      const x = shown.x0 + (e.clientX - r.left) / r.width * shown.width - 0.5;
+      const y = shown.y0 + shown.height - 0.5 - (e.clientY - r.top) / r.height * shown.height;
+      if (!inBox(x, y)) return;
       const [ra, dec] = proj.toSky(x, y);
       readout.textContent = `RA ${raText(ra)}  Dec ${decText(dec)}`;
       readout.dataset.ra = ra.toFixed(5);
@@ -186,8 +213,12 @@
     status.textContent = `plate solved · ${wcs.scale_arcsec.toFixed(2)}″/px`;
   }
 
-  fetch(`/api/v1/stacks/${match[1]}`, {credentials: "same-origin"})
-    .then((r) => (r.ok ? r.json() : null))
-    .then((stack) => { if (stack) start(stack); })
+  // drawn once the preview has loaded: its size is checked against the box the API gives
+  const loaded = img.complete ? Promise.resolve() : new Promise((done) => {
+    img.addEventListener("load", done, {once: true});
+    img.addEventListener("error", done, {once: true});
+  });
+  Promise.all([fetch(`/api/v1/stacks/${match[1]}`, {credentials: "same-origin"}).then((r) => (r.ok ? r.json() : null)), loaded])
+    .then(([stack]) => { if (stack) start(stack); })
     .catch(() => {});
 })();

@@ -10,6 +10,7 @@ from astropy.io import fits
 from lib.stacking import deep
 from lib.stacking.normalize import sky_level_and_noise
 from tests.frames import NIGHT_1, NIGHT_2, real_frames
+from tests.sky_overlay import log_in, outline_off_blob, preview_box_of, scroll_to_picture, stretch, tolerance, zoom_in_at
 
 
 def upload_night(user, night):
@@ -212,3 +213,53 @@ def test_a_stack_with_coarser_pixels_registers_onto_the_grid(crowd_site):
     assert np.hypot(matrix[0, 0], matrix[1, 0]) == pytest.approx(1 / 0.6, rel=0.005)
     scale = deep.add(running, coarse, coarse_coverage, measured)
     assert scale == pytest.approx(1.0, rel=0.1)   # the same sky, so the same brightness per grid pixel
+
+
+def test_deep_and_crowd_stack_pages_draw_m94_on_the_galaxy_and_work(crowd_site, page, artifacts):
+    """A deep and a crowd stack of the real frames, their previews cropped to what most of the sum covers:
+    the FITS header records the crop the PNG shows, the API gives it, and the page draws M 94's outline
+    on the galaxy on screen, at the fit, zoomed in and over the stretch canvas; the page has its
+    technical card and a stretch control that starts at the header's stretch; only the owner's deep
+    stack offers Delete."""
+    d, users = crowd_site
+    alice = users["alice"]
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    log_in(page, d.url, "alice")
+    listing = alice.get("/api/v1/stacks").json()["stacks"]
+    for kind in ("deep", "crowd"):
+        [stack] = [s for s in listing if s["kind"] == kind and (kind == "crowd" or s["owner"] == "alice")]
+        detail = alice.get(f"/api/v1/stacks/{stack['id']}").json()
+        shown = detail["preview"]
+        assert shown == preview_box_of(alice.get(stack["fits_url"]).content, alice.get(stack["preview_url"]).content)
+        assert (shown["width"], shown["height"]) != (detail["wcs"]["width"], detail["wcs"]["height"]), shown
+        page.goto(f"{d.url}/stacks/{stack['id']}")
+        page.locator('.sky-overlay .sky-object[data-name="M 94"] polygon').wait_for()
+        page.wait_for_function("() => document.getElementById('preview').complete")
+        assert page.locator("#technical-card").is_visible()
+        # the sliders start at the header's stretch, with no 4 MB rendition fetched for a mere look
+        assert page.locator("#stretch").is_visible() and page.locator("#stretch").get_attribute("data-black")
+        assert page.locator("#stretch-black-value").text_content().endswith("σ")
+        assert page.locator("#delete-stack").count() == (1 if kind == "deep" else 0)
+        scroll_to_picture(page)
+        found = outline_off_blob(page, "M 94", shown["width"], artifacts / f"stack-{kind}-m94-fit.png")
+        assert found["off"] < tolerance(found["css_per_pixel"]), (kind, found)
+        zoom_in_at(page, *found["drawn"], clicks=2)
+        zoomed = outline_off_blob(page, "M 94", shown["width"], artifacts / f"stack-{kind}-m94-zoomed.png")
+        assert zoomed["off"] < tolerance(zoomed["css_per_pixel"]), (kind, zoomed)
+        stretch(page)
+        stretched = outline_off_blob(page, "M 94", shown["width"], artifacts / f"stack-{kind}-m94-stretched.png")
+        assert stretched["off"] < tolerance(stretched["css_per_pixel"]), (kind, stretched)
+    assert not problems, problems
+
+    # last, as it changes the site: the deep stack's Delete button, confirmed, deletes it and only it
+    [deep] = [s for s in listing if s["kind"] == "deep" and s["owner"] == "alice"]
+    [chunk] = [s for s in listing if s["kind"] == "chunk" and s["owner"] == "alice"]
+    page.goto(f"{d.url}/stacks/{deep['id']}")
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
+    with page.expect_navigation():
+        page.click("#delete-stack button[type=submit]")
+    assert asked and "deep stack" in asked[0] and page.url.endswith("/stacks")
+    assert alice.get(f"/api/v1/stacks/{deep['id']}").status_code == 404
+    assert alice.get(f"/api/v1/stacks/{chunk['id']}").status_code == 200

@@ -90,7 +90,8 @@ def test_janitor_once_runs_every_task(tmp_path):
     done = subprocess.run([sys.executable, "janitor.py", "--once"], env=env, capture_output=True, text=True,
                           cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]), timeout=120)
     assert done.returncode == 0, done.stderr
-    for task in ("expire-sessions", "requeue-dead-leases", "drop-unstackable-raws", "reconcile", "prune-thumbnails"):
+    for task in ("expire-sessions", "requeue-dead-leases", "drop-unstackable-raws", "reconcile", "prune-thumbnails",
+                 "prune-renditions"):
         assert f'"{task}: ' in done.stderr
 
 
@@ -115,3 +116,30 @@ def test_thumbnails_no_stack_shows_are_pruned(svc):
     assert sorted(janitor_tasks.prune_thumbnails(svc)) == sorted([restacked.name, deleted.name, half_written.name])
     assert shown.exists() and just_written.exists()       # in use; too new to judge
     assert janitor_tasks.prune_thumbnails(svc) == []
+
+
+def test_renditions_of_stacks_gone_or_unused_are_pruned_by_the_janitor(svc):
+    import os
+
+    from lib import pictures
+    cache = pictures.rendition_cache(svc.settings)
+    cache.mkdir(parents=True)
+    stack_id = svc.db["stacks"].insert({"kind": "chunk", "fits_key": "stacks/chunk/1/a/stack.fits"})
+    unused_id = svc.db["stacks"].insert({"kind": "chunk", "fits_key": "stacks/chunk/4/a/stack.fits"})
+    in_use = cache / pictures.rendition_name({"id": stack_id, "fits_key": "stacks/chunk/1/a/stack.fits"})
+    restacked = cache / pictures.rendition_name({"id": stack_id, "fits_key": "stacks/chunk/1/old/stack.fits"})
+    deleted = cache / pictures.rendition_name({"id": unused_id + 1, "fits_key": "stacks/chunk/2/a/stack.fits"})
+    unused = cache / pictures.rendition_name({"id": unused_id, "fits_key": "stacks/chunk/4/a/stack.fits"})
+    half_written = cache / "tmp123.part"
+    just_written = cache / pictures.rendition_name({"id": unused_id + 2, "fits_key": "stacks/chunk/3/a/stack.fits"})
+    an_hour_ago, a_month_ago = time.time() - 3700, time.time() - 31 * 86400
+    for path, when in ((in_use, an_hour_ago), (restacked, an_hour_ago), (deleted, an_hour_ago),
+                       (unused, a_month_ago), (half_written, an_hour_ago), (just_written, None)):
+        path.write_bytes(b"{}\n")
+        if when:
+            os.utime(path, (when, when))
+
+    pruned = janitor_tasks.prune_renditions(svc)
+    assert sorted(pruned) == sorted([restacked.name, deleted.name, unused.name, half_written.name])
+    assert sorted(p.name for p in cache.iterdir()) == sorted([in_use.name, just_written.name])
+    assert janitor_tasks.prune_renditions(svc) == []

@@ -15,26 +15,41 @@ import cv2
 import numpy as np
 import requests
 from astropy.io import fits
+from astropy.wcs import WCS
 from PIL import Image
 from playwright.sync_api import expect
 
-from lib import pictures
+from lib import pictures, stacks
 from lib.stacking import preview
 from tests.test_browser import register, shot
 from tests.test_gallery import database, put_in_archive, user_id
 from tests.test_preview import make_field
 
 
-def make_stack(deployment, owner: str, *, job_id: int = 5_000_000, obj: str = "M 94", **row) -> int:
-    """A stack row of *owner* with a real FITS (preview factors in its header) and preview PNG."""
+def make_stack(deployment, owner: str, *, job_id: int = 5_000_000, obj: str = "M 94", solved: bool = False,
+               rendering_in_header: bool = True, **row) -> int:
+    """A stack row of *owner* with a real FITS (preview factors in its header unless not
+    *rendering_in_header*, as deep stacks were written before) and preview PNG; *solved*: with a TAN
+    WCS centred on M 94 at the S50's 2.39″/px, and the row's sky columns from it."""
     image, cover, fluxes, _ = make_field()
     # Seestar-sized (portrait 960 x 1440): each pixel of the field becomes 4 x 4
     image, cover = (np.repeat(np.repeat(a, 4, axis=-2), 4, axis=-1) for a in (image, cover))
     fluxes = fluxes * 16
     plan = preview.plan_rendering(image, cover, fluxes)
     primary = fits.PrimaryHDU(image)
-    for key, value, comment in plan.header_cards():
+    for key, value, comment in plan.header_cards() if rendering_in_header else ():
         primary.header[key] = (value, comment)
+    if solved:
+        wcs = WCS(naxis=2)
+        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        wcs.wcs.crpix = [(image.shape[2] + 1) / 2, (image.shape[1] + 1) / 2]
+        wcs.wcs.crval = [192.7209, 41.1203]
+        wcs.wcs.cdelt = [-2.39 / 3600, 2.39 / 3600]
+        primary.header.update(wcs.to_header())
+        primary.header["PLTSOLVD"] = True
+        sky = stacks.sky_columns(primary.header)
+        sky.pop("shown_object")
+        row = {**sky, **row}
     primary.header["OBJECT"] = obj
     for key, value in (("TELESCOP", "S50_12d98769"), ("INSTRUME", "Seestar S50"), ("FILTER", "IRCUT"),
                        ("FOCALLEN", 250), ("XPIXSZ", 2.9), ("GAIN", 80), ("EXPTIME", 110.0), ("CCD-TEMP", 23.4)):
@@ -194,3 +209,35 @@ def pictures_archive(deployment):
     """The deployment's archive (local folder storage), opened as the app opens it."""
     from lib.storage import FileStorage
     return FileStorage(deployment.data_dir / "archive", "archive")
+
+
+def test_the_overlay_draws_on_a_preview_that_records_its_crop_and_not_on_one_that_does_not(deployment, page):
+    """The API gives the preview's box from the header (the whole FITS when the header has no rendering);
+    the page draws the overlay on a preview of that box, and none (saying why) on a cropped preview whose
+    header does not say so, as deep stacks were written before they recorded their rendering."""
+    problems = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    register(page, deployment.url, "lyra")
+    recorded = make_stack(deployment, "lyra", job_id=5_000_300, solved=True)
+    unrecorded = make_stack(deployment, "lyra", job_id=5_000_301, solved=True, rendering_in_header=False)
+    api = requests.Session()
+    api.cookies.update({c["name"]: c["value"] for c in page.context.cookies()})
+    for stack_id, drawn in ((recorded, True), (unrecorded, False)):
+        detail = api.get(f"{deployment.url}/api/v1/stacks/{stack_id}").json()
+        width, height = Image.open(io.BytesIO(api.get(f"{deployment.url}/stacks/{stack_id}/preview.png").content)).size
+        assert detail["wcs"]["solved"] and any(o["name"] == "M 94" for o in detail["objects"])
+        if drawn:
+            assert (detail["preview"]["width"], detail["preview"]["height"]) == (width, height)
+            assert (width, height) != (detail["wcs"]["width"], detail["wcs"]["height"])     # cropped
+        else:
+            assert detail["preview"] == {"x0": 0, "y0": 0, "width": detail["wcs"]["width"],
+                                         "height": detail["wcs"]["height"]}
+        page.goto(f"{deployment.url}/stacks/{stack_id}")
+        status = page.locator(".sky-status")
+        expect(status).to_contain_text("plate solved")
+        if drawn:
+            expect(page.locator('.sky-overlay .sky-object[data-name="M 94"]')).to_have_count(1)
+        else:
+            expect(status).to_contain_text("no overlay")
+            assert page.locator(".sky-overlay").count() == 0
+    assert not problems, problems

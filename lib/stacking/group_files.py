@@ -6,11 +6,14 @@ reference stars, GRID the first contribution's header (grid, optics), SOURCES on
 summed in (id, brightness scale, frames, exposure, times, telescope, camera, FWHM), REFUSED the chunk
 stacks that did not register (id, reason). The primary header is a function of SOURCES: NCOMBINE,
 EXPTIME, NSTACKS, DATE-OBS/BEG/END, TELESCOP and INSTRUME (every name, comma-separated), the grid's
-FOCALLEN/XPIXSZ, and measured on the result: FWHM (median, grid pixels) and BGNOISE.
+FOCALLEN/XPIXSZ, and measured on the result: FWHM (median, grid pixels) and BGNOISE; the preview's
+rendering (PV* cards, lib/stacking/preview.py: its crop, sky model, balance and stretch), as in a chunk
+stack, so that pages know what part of the grid the preview shows and the stretch control starts there.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from astropy.io import fits
 from . import deep, solve
 from .imported import LOCATION_KEYWORDS
 from .normalize import sky_level_and_noise
-from .preview import stretch, write_png
+from .preview import Rendering, plan_rendering, render, write_png
 from .register import RegistrationError
 from .stars import detect_stars
 
@@ -108,6 +111,8 @@ class GroupResult:
         fwhm = _fwhm_px(lum)
         if fwhm is not None:
             header["FWHM"] = (fwhm, "[px] median star FWHM on the group's grid")
+        for key, value, comment in self.rendering.header_cards():
+            header[key] = (value, comment)
         primary = fits.PrimaryHDU(image, header=header)
         weight = fits.ImageHDU(self.running.weight, name="WEIGHT")
         weight.header["COMMENT"] = "summed inverse-variance weights; the running sum is image x WEIGHT"
@@ -136,8 +141,14 @@ class GroupResult:
             fits.Column("REASON", "A200", array=[r[:200] for _, r in self.refused])], name="REFUSED")
         fits.HDUList([primary, weight, stars, grid, sources, refused]).writeto(path, overwrite=True)
 
+    @cached_property
+    def rendering(self) -> Rendering:
+        """The preview's rendering, cropped to what WEIGHT says most of the sum covers; measured once, so
+        that the FITS header records the very factors the PNG was made with."""
+        return plan_rendering(self.running.image, self.running.weight, None)
+
     def write_preview(self, path: Path) -> None:
-        write_png(stretch(self.running.image, cover=self.running.weight), Path(path))
+        write_png(render(self.running.image, self.rendering), Path(path))
 
 
 def read_group(path: Path) -> GroupResult:
