@@ -187,7 +187,7 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
     "contributions": [("group_id",), ("source_id",), ("owner_id",)],
 }
 
-LOCKS = ("groups",)
+LOCKS = ("groups", "atlas")    # atlas: one atlas update at a time (lib/atlas.py)
 
 # Ids shown to people or written into other rows are never reused: SQLite would otherwise hand the
 # highest freed rowid out again (PostgreSQL sequences and MariaDB's counter never go back).

@@ -1,0 +1,210 @@
+"""The crowd atlas (lib/atlas.py): HiPS tiles of the shared crowd stacks, kept up to date by atlas jobs,
+served at /hips/crowd/ and browsed at /atlas. One owner and the 6 real frames of 2025-03-27: private
+first (no tile), then shared (the M 94 tile shows the galaxy), then unshared (the tile is gone)."""
+from __future__ import annotations
+
+import io
+import json
+
+import astropy.units as u
+import numpy as np
+import pytest
+import requests
+from astropy.io import fits
+from astropy.wcs import WCS
+from astropy_healpix import HEALPix, level_to_nside
+from PIL import Image
+from scipy import ndimage
+
+from lib import atlas
+from tests.frames import NIGHT_1, real_frames
+
+M94 = (192.7212, 41.1197)
+
+
+def tile_of(ra: float, dec: float, order: int = atlas.ORDER) -> int:
+    hp = HEALPix(nside=level_to_nside(order), order="nested", frame="icrs")
+    return int(hp.lonlat_to_healpix(ra * u.deg, dec * u.deg))
+
+
+def tile_path(order: int, npix: int) -> str:
+    return atlas.tile_key(order, npix).removeprefix(atlas.PREFIX)
+
+
+def jobs_of_kind(d, kind: str) -> list[dict]:
+    import dataset
+    db = dataset.connect(d.env.get("CROWDSKY_DATABASE_URL") or f"sqlite:///{d.data_dir / 'crowdsky.db'}")
+    try:
+        return [dict(r) for r in db["jobs"].find(kind=kind)]
+    finally:
+        db.close()
+
+
+# --- the parts, on synthetic data ---------------------------------------------------------------
+
+def test_paths_name_only_what_the_atlas_holds():
+    assert atlas.parse_path("properties") == "hips/crowd/properties"
+    assert atlas.parse_path("Moc.fits") == "hips/crowd/Moc.fits"
+    assert atlas.parse_path("Norder8/Dir170000/Npix173708.png") == "hips/crowd/Norder8/Dir170000/Npix173708.png"
+    for bad in ("Norder8/Dir0/Npix173708.png",           # wrong Dir
+                f"Norder{atlas.ORDER + 1}/Dir0/Npix1.png",  # deeper than the atlas
+                "Norder3/Dir0/Npix768.png",              # past the last tile of order 3
+                "state.json", "../properties", "Norder8/Dir0/Npix1.jpg"):
+        assert atlas.parse_path(bad) is None, bad
+
+
+def test_the_deepest_order_matches_an_s50():
+    # 1.61″ HEALPix pixels at order 8 (512-px tiles): the first order no coarser than 2.39″
+    assert atlas.ORDER == 8
+    assert atlas.deepest_order(3.3) == 7
+
+
+def test_a_parent_pixel_lies_where_its_children_do():
+    """The 2 × 2 placement of children in their parent agrees with reproject's tile WCS."""
+    order, parent = 8, 173708 // 4
+    parent_wcs = atlas.tile_wcs(order - 1, parent)[0]
+    for sub in range(4):
+        child = np.zeros((atlas.TILE, atlas.TILE, 4), np.uint8)
+        child[100:102, 300:302] = (255, 255, 255, 255)          # one 2 × 2 block, rows 100-101, cols 300-301
+        children = [child if s == sub else None for s in range(4)]
+        made = atlas.parent_tile(children)
+        y, x = np.argwhere(made[..., 3] > 0)[0]
+        in_child = atlas.tile_wcs(order, 4 * parent + sub)[0].pixel_to_world(300.5, 100.5)
+        in_parent = parent_wcs.pixel_to_world(x, y)
+        assert in_child.separation(in_parent).arcsec < 3.3, sub      # within one parent pixel
+
+
+def test_the_fast_mapping_agrees_with_reproject():
+    """Tiles are resampled on an interpolated pixel mapping; reproject_interp is the reference."""
+    from reproject import reproject_interp
+    npix = tile_of(*M94)
+    tile_wcs = atlas.tile_wcs(atlas.ORDER, npix)[0]
+    source_wcs = WCS(naxis=2)
+    source_wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    source_wcs.wcs.crval = M94
+    source_wcs.wcs.crpix = [200, 150]
+    angle = np.radians(23)
+    scale = 2.39 / 3600
+    source_wcs.wcs.cd = scale * np.array([[-np.cos(angle), np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    rng = np.random.default_rng(1)
+    rgb = ndimage.gaussian_filter(rng.random((3, 300, 400)), (0, 3, 3)).astype(np.float32)
+    source = atlas.Source(1, rgb, np.ones((300, 400), np.float32), source_wcs)
+    acc = {npix: np.zeros((4, atlas.TILE, atlas.TILE), np.float32)}
+    assert atlas.add_source(acc, source) == {npix}
+    mine = atlas.finish_tile(acc[npix])
+    ref, footprint = reproject_interp((rgb, source_wcs), tile_wcs, shape_out=(3, atlas.TILE, atlas.TILE),
+                                      order="bilinear")
+    both = (mine[..., 3] > 0) & (footprint[0] > 0)
+    assert both.sum() > 0.9 * (footprint[0] > 0).sum()
+    expected = np.clip(np.moveaxis(ref, 0, -1)[both], 0, 1) * 255
+    assert np.abs(mine[..., :3][both] - expected).max() <= 1.5
+
+
+def test_the_moc_merges_full_siblings_and_reads_back():
+    tiles = {4 * 1000 + i for i in range(4)} | {4 * 2000 + 1}
+    with fits.open(io.BytesIO(atlas.moc_fits(tiles, order=8))) as hdul:
+        header, uniq = hdul[1].header, sorted(int(v) for v in hdul[1].data["UNIQ"])
+    assert header["ORDERING"] == "NUNIQ" and header["MOCORDER"] == 8 and header["COORDSYS"] == "C"
+    assert uniq == sorted([4 * 4 ** 7 + 1000, 4 * 4 ** 8 + 8001])
+
+
+# --- the whole, on the real frames ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    from tests.apps import Deployment
+    d = Deployment(tmp_path_factory.mktemp("atlas"), {})
+    d.start_app()
+    owner = d.user("alice")
+    session = owner.new_session()
+    for path in real_frames(NIGHT_1):
+        assert owner.put_frame(session, path.name, path.read_bytes()).status_code == 201
+    assert owner.post(f"/api/v1/sessions/{session}/finalize").status_code == 200
+    d.drain_queue()
+    yield d, owner
+    d.stop_app()
+
+
+def test_a_private_owners_target_has_no_tile(site):
+    d, owner = site
+    kinds = {s["kind"] for s in owner.get("/api/v1/stacks").json()["stacks"]}
+    assert kinds == {"chunk", "deep"}
+    assert jobs_of_kind(d, "atlas") == []                      # nothing shared: no atlas update queued
+    for order in (atlas.ORDER, atlas.MIN_ORDER):
+        response = requests.get(f"{d.url}/hips/crowd/{tile_path(order, tile_of(*M94, order))}")
+        assert response.status_code == 404, order
+        assert "no shared data" in response.json()["error"]
+    assert requests.get(f"{d.url}/hips/crowd/state.json").status_code == 404
+
+
+def test_shared_the_m94_tile_at_the_deepest_order_shows_the_galaxy(site):
+    d, owner = site
+    assert owner.http.patch(f"{d.url}/api/v1/me", json={"share_with_crowd": True}).status_code == 200
+    d.drain_queue()
+    assert [j["status"] for j in jobs_of_kind(d, "atlas")] == ["done"]
+    npix = tile_of(*M94)
+    response = requests.get(f"{d.url}/hips/crowd/{tile_path(atlas.ORDER, npix)}")
+    assert response.status_code == 200 and response.headers["Content-Type"] == "image/png"
+    assert "public" in response.headers["Cache-Control"] and response.headers["ETag"]
+    again = requests.get(f"{d.url}/hips/crowd/{tile_path(atlas.ORDER, npix)}",
+                         headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304 and not again.content
+
+    rgba = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGBA"))[::-1]    # FITS row order
+    assert rgba.shape == (atlas.TILE, atlas.TILE, 4) and (rgba[..., 3] == 255).mean() > 0.5
+    lum = ndimage.gaussian_filter(rgba[..., :3].astype(float).mean(axis=-1), 6)
+    y, x = np.unravel_index(np.argmax(np.where(rgba[..., 3] > 0, lum, 0)), lum.shape)
+    galaxy = atlas.tile_wcs(atlas.ORDER, npix)[0].pixel_to_world(x, y)
+    from astropy.coordinates import SkyCoord
+    assert galaxy.separation(SkyCoord(*M94, unit="deg")).arcsec < 20      # the brightest region is M 94's core
+    assert lum.max() > 3 * np.median(lum[rgba[..., 3] > 0])              # and it stands out of the sky
+
+    # every order down to MIN_ORDER has the tile above it, and the survey describes itself
+    for order in range(atlas.MIN_ORDER, atlas.ORDER):
+        assert requests.get(f"{d.url}/hips/crowd/{tile_path(order, tile_of(*M94, order))}").status_code == 200
+    props = requests.get(f"{d.url}/hips/crowd/properties")
+    assert props.status_code == 200
+    fields = dict(line.split("=", 1) for line in props.text.splitlines() if "=" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    assert fields["hips_order"] == str(atlas.ORDER) and fields["hips_tile_format"] == "png"
+    assert fields["hips_frame"] == "equatorial" and fields["dataproduct_type"] == "image"
+    assert fields["hips_version"] == "1.4" and fields["hips_tile_width"] == "512"
+    with fits.open(io.BytesIO(requests.get(f"{d.url}/hips/crowd/Moc.fits").content)) as hdul:
+        uniq = np.asarray(hdul[1].data["UNIQ"], np.int64)
+    cells = [(k, int(v) - 4 * 4 ** k) for v in uniq for k in [int(np.log2(int(v) // 4) // 2)]]
+    assert any(npix >> 2 * (atlas.ORDER - k) == n for k, n in cells)      # M 94's tile is covered
+
+
+def test_the_atlas_page_draws_the_survey(site, page, artifacts):
+    d, owner = site
+    page.goto(f"{d.url}/atlas?target=M%2094")
+    page.wait_for_selector("#aladin[data-ready='1']", timeout=60_000)
+    assert "M 94" in page.inner_text("#atlas-note")
+    page.wait_for_function("document.querySelector('#aladin').dataset.footprints === '1'", timeout=30_000)
+    # give Aladin Lite time to fetch and draw the tiles (it fetches them lazily)
+    page.wait_for_timeout(4000)
+    page.screenshot(path=artifacts / "atlas.png", full_page=True)
+    shot = np.asarray(Image.open(artifacts / "atlas.png").convert("RGB")).astype(int)
+    box = page.query_selector("#aladin").bounding_box()
+    view = shot[int(box["y"]):int(box["y"] + box["height"]), int(box["x"]):int(box["x"] + box["width"])]
+    centre = view[view.shape[0] // 3: 2 * view.shape[0] // 3, view.shape[1] // 3: 2 * view.shape[1] // 3]
+    assert centre.std() > 5, "the atlas view is blank"
+    assert centre.max() > 150, "no bright galaxy core drawn"
+    # the resolve route behind the search box
+    assert requests.get(f"{d.url}/api/v1/resolve", params={"name": "ngc4736"}).json()["name"] == "M 94"
+    assert requests.get(f"{d.url}/api/v1/resolve", params={"name": "not a thing"}).status_code == 404
+    assert requests.get(f"{d.url}/api/v1/resolve").status_code == 400
+
+
+def test_unsharing_takes_the_owners_pixels_out_of_every_tile(site):
+    d, owner = site
+    assert owner.http.patch(f"{d.url}/api/v1/me", json={"share_with_crowd": False}).status_code == 200
+    d.drain_queue()
+    assert all(j["status"] == "done" for j in jobs_of_kind(d, "atlas"))
+    for order in range(atlas.MIN_ORDER, atlas.ORDER + 1):
+        assert requests.get(f"{d.url}/hips/crowd/{tile_path(order, tile_of(*M94, order))}").status_code == 404
+    with fits.open(io.BytesIO(requests.get(f"{d.url}/hips/crowd/Moc.fits").content)) as hdul:
+        assert len(hdul[1].data) == 0
+    assert json.loads(requests.get(f"{d.url}/api/v1/atlas/footprints").text)["stacks"] == []
+    # the owner's own stacks stay theirs
+    assert {s["kind"] for s in owner.get("/api/v1/stacks").json()["stacks"]} == {"chunk", "deep"}
