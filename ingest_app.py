@@ -469,7 +469,8 @@ def atlas_page():
 
 ATLAS_CSP = SECURITY_HEADERS["Content-Security-Policy"].replace(
     "script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'").replace(
-    "style-src 'self'", "style-src 'self' 'unsafe-inline'")
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'").replace(
+    "connect-src 'self'", "connect-src 'self' data: blob:")      # its WebAssembly is a data: URL it fetches
 HIPS_TYPES = {".png": "image/png", ".fits": "application/fits", "properties": "text/plain; charset=utf-8"}
 
 

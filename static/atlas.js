@@ -24,7 +24,7 @@ async function main() {
     survey: survey, hipsList: [], fov: 1.5, target: "192.7212 41.1197", cooFrame: "ICRS",
     showLayersControl: false, showSettingsControl: false, showShareControl: false,
     showSimbadPointerControl: false, showCooGridControl: true, showContextMenu: false,
-    showFrame: true, showFullscreenControl: true, showProjectionControl: false,
+    showFrame: true, showFullscreenControl: true, showProjectionControl: false, showReticle: false,
   });
   window.crowdAtlas = aladin;        // for the page's tests and curious visitors
   const outlines = A.graphicOverlay({ color: "#7fd1ff", lineWidth: 1.5, name: "crowd stacks" });

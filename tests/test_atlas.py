@@ -46,9 +46,11 @@ def test_paths_name_only_what_the_atlas_holds():
     assert atlas.parse_path("properties") == "hips/crowd/properties"
     assert atlas.parse_path("Moc.fits") == "hips/crowd/Moc.fits"
     assert atlas.parse_path("Norder8/Dir170000/Npix173708.png") == "hips/crowd/Norder8/Dir170000/Npix173708.png"
+    assert atlas.parse_path("Norder0/Dir0/Npix11.png") == "hips/crowd/Norder0/Dir0/Npix11.png"
     for bad in ("Norder8/Dir0/Npix173708.png",           # wrong Dir
                 f"Norder{atlas.ORDER + 1}/Dir0/Npix1.png",  # deeper than the atlas
                 "Norder3/Dir0/Npix768.png",              # past the last tile of order 3
+                "Norder0/Dir0/Npix12.png",
                 "state.json", "../properties", "Norder8/Dir0/Npix1.jpg"):
         assert atlas.parse_path(bad) is None, bad
 
@@ -133,7 +135,7 @@ def test_a_private_owners_target_has_no_tile(site):
     for order in (atlas.ORDER, atlas.MIN_ORDER):
         response = requests.get(f"{d.url}/hips/crowd/{tile_path(order, tile_of(*M94, order))}")
         assert response.status_code == 404, order
-        assert "no shared data" in response.json()["error"]
+        assert "no shared data" in response.text
     assert requests.get(f"{d.url}/hips/crowd/state.json").status_code == 404
 
 
@@ -181,13 +183,15 @@ def test_the_atlas_page_draws_the_survey(site, page, artifacts):
     page.wait_for_selector("#aladin[data-ready='1']", timeout=60_000)
     assert "M 94" in page.inner_text("#atlas-note")
     page.wait_for_function("document.querySelector('#aladin').dataset.footprints === '1'", timeout=30_000)
-    # give Aladin Lite time to fetch and draw the tiles (it fetches them lazily)
-    page.wait_for_timeout(4000)
-    page.screenshot(path=artifacts / "atlas.png", full_page=True)
-    shot = np.asarray(Image.open(artifacts / "atlas.png").convert("RGB")).astype(int)
     box = page.query_selector("#aladin").bounding_box()
-    view = shot[int(box["y"]):int(box["y"] + box["height"]), int(box["x"]):int(box["x"] + box["width"])]
-    centre = view[view.shape[0] // 3: 2 * view.shape[0] // 3, view.shape[1] // 3: 2 * view.shape[1] // 3]
+    for _ in range(60):             # Aladin Lite fetches and draws the tiles lazily: look until they are there
+        page.screenshot(path=artifacts / "atlas.png")
+        shot = np.asarray(Image.open(artifacts / "atlas.png").convert("RGB")).astype(int)
+        view = shot[int(box["y"]):int(box["y"] + box["height"]), int(box["x"]):int(box["x"] + box["width"])]
+        centre = view[view.shape[0] // 3: 2 * view.shape[0] // 3, view.shape[1] // 3: 2 * view.shape[1] // 3]
+        if centre.std() > 5 and centre.max() > 150:
+            break
+        page.wait_for_timeout(500)
     assert centre.std() > 5, "the atlas view is blank"
     assert centre.max() > 150, "no bright galaxy core drawn"
     # the resolve route behind the search box
