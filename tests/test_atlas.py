@@ -212,3 +212,52 @@ def test_unsharing_takes_the_owners_pixels_out_of_every_tile(site):
     assert json.loads(requests.get(f"{d.url}/api/v1/atlas/footprints").text)["stacks"] == []
     # the owner's own stacks stay theirs
     assert {s["kind"] for s in owner.get("/api/v1/stacks").json()["stacks"]} == {"chunk", "deep"}
+
+
+# --- the queue and the lock, on every database ---------------------------------------------------
+
+class _Settings:
+    max_attempts = 3
+
+
+def test_an_atlas_job_is_queued_once_and_never_handed_to_a_remote_stacker(db):
+    from lib import queue
+    with db as tx:
+        first = atlas.queue_update(tx, _Settings, owner_id=1)
+        assert atlas.queue_update(tx, _Settings, owner_id=2) == first      # one waits at a time
+    chunk_job = queue.enqueue(db, kind="chunk", chunk_id=None, owner_id=1, max_attempts=3)
+    remote = queue.claim(db, "remote-box/1", 60, direct=False)
+    assert remote is not None and remote.job_id == chunk_job                # the atlas job is passed over
+    assert queue.claim(db, "remote-box/2", 60, direct=False) is None
+    direct = queue.claim(db, "stacker/1", 60)
+    assert direct is not None and direct.job_id == first and direct.job["kind"] == "atlas"
+    with db as tx:                 # running does not count as waiting: a change now queues the next update
+        assert atlas.queue_update(tx, _Settings, owner_id=1) not in (None, first)
+
+
+def test_atlas_updates_take_turns_and_a_dead_holders_lock_is_taken_over(db, monkeypatch):
+    import threading
+    atlas._take_lock(db, lambda: None)
+    waited, got = [], threading.Event()
+
+    def second():
+        def waiting():
+            waited.append(1)
+            if len(waited) == 2:
+                atlas._drop_lock(db2)          # the first update finishes while the second waits
+        atlas._take_lock(db2, waiting)
+        got.set()
+
+    import lib.db
+    db2 = lib.db.connect(str(db.url))
+    try:
+        monkeypatch.setattr(atlas.time, "sleep", lambda s: None)
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(60)
+        assert got.is_set() and len(waited) == 2            # it waited its turn, then went
+        # a holder that died: its lock is older than LOCK_STALE_S and is taken over without waiting
+        monkeypatch.setattr(atlas, "now", lambda: lib.db.now() + atlas.LOCK_STALE_S + 1)
+        atlas._take_lock(db, lambda: pytest.fail("waited for a dead holder"))
+    finally:
+        db2.close()
