@@ -122,8 +122,10 @@ def read_source(stack_id: int, path: Path, exposure_s: float) -> Source:
 
 
 def candidate_tiles(footprint: list[list[float]], order: int = ORDER) -> set[int]:
-    """Tiles at *order* that may hold pixels of a stack whose corners are *footprint* ([[ra, dec] × 4],
-    degrees): a cone around its centre out to the farthest corner plus one tile."""
+    """Tiles at *order* that overlap a stack whose corners are *footprint* ([[ra, dec] × 4], degrees,
+    in order around the field): a cone around its centre, narrowed to the tiles one of whose outline
+    points lies inside the field or that hold one of its corners (enough for a field larger than a
+    tile, which an S50's is: neither can cross the other without holding a vertex)."""
     import astropy.units as u
     from astropy.coordinates import SkyCoord
     from astropy_healpix import HEALPix, level_to_nside
@@ -133,7 +135,40 @@ def candidate_tiles(footprint: list[list[float]], order: int = ORDER) -> set[int
     centre = SkyCoord(centre.lon, centre.lat)
     hp = HEALPix(nside=level_to_nside(order), order="nested", frame="icrs")
     radius = corners.separation(centre).max() + hp.pixel_resolution * 1.5
-    return {int(n) for n in hp.cone_search_skycoord(centre, radius=radius.to(u.deg))}
+    cone = np.asarray(hp.cone_search_skycoord(centre, radius=radius.to(u.deg)), np.int64)
+    if not len(cone):
+        return set()
+    frame = centre.skyoffset_frame()
+
+    def plane(coords):          # tangent-plane offsets from the field's centre, degrees
+        off = coords.transform_to(frame)
+        return off.lon.wrap_at(180 * u.deg).deg, off.lat.deg
+
+    qx, qy = plane(corners)
+    lon, lat = hp.boundaries_lonlat(cone, step=4)                       # (n, 16) outline points
+    tx, ty = plane(SkyCoord(lon.ravel(), lat.ravel()))
+    tx, ty = tx.reshape(lon.shape), ty.reshape(lon.shape)
+    inside = _in_convex(qx, qy, tx, ty).any(axis=1)
+    for cx, cy in zip(qx, qy):                                          # a corner inside the tile
+        inside |= _in_convex_rows(tx, ty, cx, cy)
+    return {int(n) for n in cone[inside]}
+
+
+def _in_convex(qx, qy, px, py) -> np.ndarray:
+    """Whether points (px, py) lie inside the convex polygon (qx, qy) (either winding)."""
+    signs = []
+    for i in range(len(qx)):
+        j = (i + 1) % len(qx)
+        signs.append((qx[j] - qx[i]) * (py - qy[i]) - (qy[j] - qy[i]) * (px - qx[i]))
+    signs = np.array(signs)
+    return (signs >= 0).all(axis=0) | (signs <= 0).all(axis=0)
+
+
+def _in_convex_rows(tx, ty, px, py) -> np.ndarray:
+    """Per row of (tx, ty) polygons (n, m): whether the point (px, py) lies inside it."""
+    nx, ny = np.roll(tx, -1, axis=1), np.roll(ty, -1, axis=1)
+    cross = (nx - tx) * (py - ty) - (ny - ty) * (px - tx)
+    return (cross >= 0).all(axis=1) | (cross <= 0).all(axis=1)
 
 
 # --- tiles ---------------------------------------------------------------------------------------
