@@ -9,10 +9,12 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -493,6 +495,43 @@ def hips_crowd(path):
     if tag in [t.strip() for t in bottle.request.headers.get("If-None-Match", "").split(",")]:
         bottle.response.status = 304
         return b""
+    return data
+
+
+_REGIONS = threading.BoundedSemaphore(1)      # one region mosaic at a time: each holds ~100 MB for a while
+
+
+def _float_param(name: str) -> float:
+    text = bottle.request.query.get(name, "")
+    try:
+        value = float(text)
+    except ValueError:
+        raise HTTPProblem(400, f"{name} must be a number of degrees (got {text[:32]!r})") from None
+    if not math.isfinite(value):
+        raise HTTPProblem(400, f"{name} must be a finite number of degrees")
+    return value
+
+
+@app.get("/atlas/region.fits")
+def atlas_region():
+    """A region of the crowd atlas as a FITS mosaic of the crowd data (lib/atlas.py region_fits)."""
+    ra, dec, width, height = (_float_param(n) for n in ("ra", "dec", "width", "height"))
+    try:
+        atlas.region_grid(ra, dec, width, height)
+    except atlas.RegionError as exc:
+        raise HTTPProblem(400, str(exc)) from None
+    if not _REGIONS.acquire(timeout=60):
+        raise HTTPProblem(503, "another region is being made; try again in a minute")
+    try:
+        with tempfile.TemporaryDirectory(prefix="crowdsky-region-") as work:
+            data = atlas.region_fits(svc.db, svc.archive, ra, dec, width, height, Path(work))
+    finally:
+        _REGIONS.release()
+    if data is None:
+        raise HTTPProblem(404, "no shared crowd data in this region")
+    bottle.response.content_type = "application/fits"
+    bottle.response.set_header("Content-Disposition",
+                               f'attachment; filename="crowdsky-atlas-{ra:.3f}{dec:+.3f}.fits"')
     return data
 
 

@@ -203,21 +203,27 @@ def overlaps(source: Source, order: int, npix: int) -> bool:
 GRID_STEP = 16          # px: the tile→source pixel mapping is computed on this grid and interpolated
 
 
-def source_pixels(source_wcs, wcs, size: int = TILE) -> tuple[np.ndarray, np.ndarray]:
-    """Where each pixel of a tile (its *wcs*) falls in the source (x, y: (size, size) float64, NaN off
-    the sky). The exact mapping (SIP and all) is computed every GRID_STEP px and interpolated between:
-    the mapping is smooth over 16 px to far below a pixel, at 1/256 of the cost."""
+def source_pixels(source_wcs, wcs, shape: tuple[int, int] = (TILE, TILE)) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pixel of an output image (a tile; its *wcs*, *shape* (ny, nx)) falls in the source
+    (x, y: (ny, nx) float64, NaN off the sky). The exact mapping (SIP and all) is computed every
+    GRID_STEP px and interpolated between: smooth over 16 px to far below a pixel, at 1/256 of the cost."""
     from scipy.ndimage import map_coordinates
-    nodes = np.arange(0, size + GRID_STEP, GRID_STEP, dtype=np.float64)
-    nodes[-1] = min(nodes[-1], size - 1)
-    gx, gy = np.meshgrid(nodes, nodes)
+
+    def nodes_of(size):
+        nodes = np.arange(0, size + GRID_STEP, GRID_STEP, dtype=np.float64)
+        nodes[-1] = min(nodes[-1], size - 1)
+        return nodes[np.concatenate([[True], np.diff(nodes) > 0])]
+
+    ny_nodes, nx_nodes = nodes_of(shape[0]), nodes_of(shape[1])
+    gx, gy = np.meshgrid(nx_nodes, ny_nodes)
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore")
         lon, lat = wcs.pixel_to_world_values(gx, gy)
         x, y = source_wcs.world_to_pixel_values(lon, lat)
-    # fractional node index of every tile pixel
-    frac = np.interp(np.arange(size, dtype=np.float64), nodes, np.arange(len(nodes), dtype=np.float64))
-    fy, fx = np.meshgrid(frac, frac, indexing="ij")
+    # fractional node index of every output pixel
+    fy = np.interp(np.arange(shape[0], dtype=np.float64), ny_nodes, np.arange(len(ny_nodes), dtype=np.float64))
+    fx = np.interp(np.arange(shape[1], dtype=np.float64), nx_nodes, np.arange(len(nx_nodes), dtype=np.float64))
+    fy, fx = np.meshgrid(fy, fx, indexing="ij")
     out = [map_coordinates(np.asarray(v, np.float64), [fy, fx], order=1, mode="nearest", cval=np.nan) for v in (x, y)]
     return out[0], out[1]
 
@@ -514,3 +520,103 @@ def footprints(db) -> list[dict]:
     return [{"id": r["id"], "object": r["object"], "frames": int(r["frames"] or 0),
              "exposure_s": round(float(r["exposure_s"] or 0), 1), "owners": int(r["owners"] or 0),
              "footprint": json.loads(r["footprint"])} for r in rows if r["footprint"] and r["footprint"] != "null"]
+
+
+# --- a region of the crowd data as one FITS mosaic ---------------------------------------------------
+
+MAX_REGION_DEG = 2.0            # each side of a region download
+MAX_REGION_PX = 2048            # each side of its image: coarser pixels than the data's for large regions
+MAX_REGION_STACKS = 8           # crowd stacks co-added into one region (the nearest)
+
+
+class RegionError(ValueError):
+    """A region that cannot be made (its size); the message says what to change."""
+
+
+def region_grid(ra: float, dec: float, width: float, height: float):
+    """The TAN grid of a region: north up, centred on (ra, dec), S50 pixels (2.39″) or coarser so that
+    neither side passes MAX_REGION_PX. Returns (wcs, (ny, nx))."""
+    from astropy.wcs import WCS
+    for name, value in (("width", width), ("height", height)):
+        if not 0 < value <= MAX_REGION_DEG:
+            raise RegionError(f"{name} must be more than 0 and at most {MAX_REGION_DEG}° (got {value:g})")
+    if not (0 <= ra < 360 and -90 <= dec <= 90):
+        raise RegionError("ra must be in [0, 360) and dec in [-90, 90] degrees")
+    scale = max(S50_SCALE_ARCSEC / 3600, max(width, height) / MAX_REGION_PX)
+    nx, ny = max(1, round(width / scale)), max(1, round(height / scale))
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra, dec]
+    wcs.wcs.crpix = [(nx + 1) / 2, (ny + 1) / 2]
+    wcs.wcs.cdelt = [-scale, scale]
+    wcs.wcs.radesys = "ICRS"
+    return wcs, (ny, nx)
+
+
+def region_fits(db, archive, ra: float, dec: float, width: float, height: float, workdir: Path) -> bytes | None:
+    """The crowd data in a region, co-added on one TAN grid (see `region_grid`), as FITS bytes: primary
+    (3, ny, nx) float32 linear RGB (sky subtracted; each crowd stack on its own brightness scale, its
+    first source's), COVERAGE (ny, nx) float32 the summed weights (exposure seconds × relative
+    coverage: 0 where no crowd stack reaches), SOURCES the crowd stacks used. None when no crowd stack
+    reaches the region. Memory: about 5 × 4 bytes per output pixel plus one crowd stack."""
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from scipy.ndimage import map_coordinates
+    from lib.stacking import solve
+    wcs, (ny, nx) = region_grid(ra, dec, width, height)
+    centre = SkyCoord(ra, dec, unit="deg")
+    reach = math.hypot(width, height) / 2
+    near = []
+    for stack_id, stack in crowd_stacks(db).items():
+        corners = SkyCoord([c[0] for c in stack["footprint"]], [c[1] for c in stack["footprint"]], unit="deg")
+        if corners.separation(centre).deg.min() <= reach + corners.separation(corners[0]).deg.max():
+            mid = SkyCoord(*corners.cartesian.xyz.mean(axis=1), representation_type="cartesian")
+            near.append((float(SkyCoord(mid.spherical.lon, mid.spherical.lat).separation(centre).deg), stack_id, stack))
+    release_db(db)
+    near = sorted(near, key=lambda t: t[0])[:MAX_REGION_STACKS]
+    total = np.zeros((3, ny, nx), np.float32)
+    weight_sum = np.zeros((ny, nx), np.float32)
+    used = []
+    for _, stack_id, stack in near:
+        path = workdir / f"region-{stack_id}.fits"
+        with open(path, "wb") as out:
+            for part in archive.iter_bytes(stack["fits_key"]):
+                out.write(part)
+        with fits.open(path, memmap=False) as hdul:
+            image = hdul[0].data.astype(np.float32)
+            weight = hdul["WEIGHT"].data.astype(np.float32) if "WEIGHT" in hdul else np.ones(image.shape[1:], np.float32)
+            source_wcs = solve.celestial_wcs(hdul[0].header)
+        path.unlink()
+        x, y = source_pixels(source_wcs, wcs, (ny, nx))
+        h, w = weight.shape
+        inside = np.isfinite(x) & np.isfinite(y) & (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+        if not inside.any():
+            continue
+        peak = float(weight.max()) or 1.0
+        xs, ys = np.where(inside, x, 0), np.where(inside, y, 0)
+        wmap = np.where(inside, map_coordinates(weight, [ys, xs], order=1), 0).astype(np.float32)
+        wmap *= np.float32(max(stack["exposure_s"], 1.0) / peak)
+        if not (wmap > 0).any():
+            continue
+        for c in range(3):
+            total[c] += wmap * np.nan_to_num(map_coordinates(image[c], [ys, xs], order=1))
+        weight_sum += wmap
+        used.append((stack_id, stack["exposure_s"]))
+        del image, weight, x, y, xs, ys
+    if not used:
+        return None
+    covered = weight_sum > 0
+    total /= np.where(covered, weight_sum, 1)[None]
+    total[:, ~covered] = np.nan
+    header = wcs.to_header()
+    header["BUNIT"] = ("", "linear, sky subtracted; each crowd stack on its own scale")
+    header["NSTACKS"] = (len(used), "crowd stacks co-added")
+    header["ORIGIN"] = "CrowdSky crowd atlas"
+    header["COMMENT"] = "Shared crowd data only. COVERAGE: summed weights (exposure s x relative coverage)."
+    cover = fits.ImageHDU(weight_sum, header=wcs.to_header(), name="COVERAGE")
+    sources = fits.BinTableHDU.from_columns([
+        fits.Column("ID", "K", array=[i for i, _ in used]),
+        fits.Column("EXPTIME", "D", array=[e for _, e in used])], name="SOURCES")
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(total, header=header), cover, sources]).writeto(buf)
+    return buf.getvalue()

@@ -55,6 +55,17 @@ async function main() {
       note.textContent = err.message;
     }
   }
+  // the region download follows the view: its centre and field, at most 2° a side (the server's limit)
+  const region = document.getElementById("atlas-region");
+  function regionLink() {
+    const [ra, dec] = aladin.getRaDec();
+    const [fovX, fovY] = aladin.getFov();
+    const width = Math.min(2, fovX), height = Math.min(2, fovY);
+    region.href = `/atlas/region.fits?ra=${((ra % 360) + 360) % 360}&dec=${dec}&width=${width}&height=${height}`;
+  }
+  aladin.on("positionChanged", regionLink);
+  aladin.on("zoomChanged", regionLink);
+  regionLink();
   form.addEventListener("submit", (event) => { event.preventDefault(); go(input.value); });
   if (view.dataset.target) await go(view.dataset.target);
   view.dataset.ready = "1";

@@ -11,7 +11,10 @@
     <input id="atlas-name" name="target" value="{{target}}" placeholder="M 94, NGC 4736, …" maxlength="64" autocomplete="off">
     <button type="submit" class="small">Go</button>
     <span class="hint" id="atlas-note" role="status" aria-live="polite"></span>
+    <a class="button ghost small" id="atlas-region" href="#" download>Download this view as FITS</a>
   </form>
+  <p class="hint">The download is the crowd data under the view (at most 2° × 2°, zoom in for a smaller
+     area), reprojected and co-added on one north-up grid, with a coverage plane.</p>
   <div id="aladin" class="atlas-view" data-target="{{target}}" data-survey="/hips/crowd"></div>
 </div>
 <script type="module" src="/static/atlas.js"></script>

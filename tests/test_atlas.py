@@ -200,6 +200,36 @@ def test_the_atlas_page_draws_the_survey(site, page, artifacts):
     assert requests.get(f"{d.url}/api/v1/resolve").status_code == 400
 
 
+def test_a_region_downloads_as_one_fits_mosaic_with_coverage(site, page):
+    d, owner = site
+    response = requests.get(f"{d.url}/atlas/region.fits",
+                            params={"ra": M94[0], "dec": M94[1], "width": 0.3, "height": 0.2})
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/fits"
+    with fits.open(io.BytesIO(response.content)) as hdul:
+        image, cover, wcs = hdul[0].data, hdul["COVERAGE"].data, WCS(hdul[0].header).celestial
+        assert image.shape == (3, 301, 452) and cover.shape == image.shape[1:]     # 0.2° × 0.3° at 2.39″
+        assert list(hdul["SOURCES"].data["ID"]) == [s["id"] for s in
+                                                    requests.get(f"{d.url}/api/v1/atlas/footprints").json()["stacks"]]
+    assert (cover > 0).mean() > 0.9
+    lum = ndimage.gaussian_filter(np.nan_to_num(image.mean(axis=0)), 3)
+    y, x = np.unravel_index(np.argmax(lum), lum.shape)
+    from astropy.coordinates import SkyCoord
+    assert wcs.pixel_to_world(x, y).separation(SkyCoord(*M94, unit="deg")).arcsec < 20
+    # the page's link follows the view
+    page.goto(f"{d.url}/atlas?target=M%2094")
+    page.wait_for_selector("#aladin[data-ready='1']", timeout=60_000)
+    assert "/atlas/region.fits?ra=" in page.get_attribute("#atlas-region", "href")
+    # bounded, and bad input named
+    for params, word in (({"ra": 10, "dec": 5, "width": 3, "height": 1}, "width"),
+                         ({"ra": "x", "dec": 5, "width": 1, "height": 1}, "ra"),
+                         ({"ra": 10, "dec": 95, "width": 1, "height": 1}, "dec"),
+                         ({"ra": 10, "dec": 5, "width": 1}, "height")):
+        refused = requests.get(f"{d.url}/atlas/region.fits", params=params)
+        assert refused.status_code == 400 and word in refused.text, params
+    empty = requests.get(f"{d.url}/atlas/region.fits", params={"ra": 10, "dec": -40, "width": 1, "height": 1})
+    assert empty.status_code == 404
+
+
 def test_unsharing_takes_the_owners_pixels_out_of_every_tile(site):
     d, owner = site
     assert owner.http.patch(f"{d.url}/api/v1/me", json={"share_with_crowd": False}).status_code == 200
@@ -210,6 +240,8 @@ def test_unsharing_takes_the_owners_pixels_out_of_every_tile(site):
     with fits.open(io.BytesIO(requests.get(f"{d.url}/hips/crowd/Moc.fits").content)) as hdul:
         assert len(hdul[1].data) == 0
     assert json.loads(requests.get(f"{d.url}/api/v1/atlas/footprints").text)["stacks"] == []
+    assert requests.get(f"{d.url}/atlas/region.fits",
+                        params={"ra": M94[0], "dec": M94[1], "width": 0.3, "height": 0.2}).status_code == 404
     # the owner's own stacks stay theirs
     assert {s["kind"] for s in owner.get("/api/v1/stacks").json()["stacks"]} == {"chunk", "deep"}
 
