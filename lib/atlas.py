@@ -347,7 +347,8 @@ def properties(tiles: set[int], stacks: int, order: int = ORDER, when: float | N
 
 def queue_update(tx, settings, owner_id: int | None) -> int | None:
     """Inside the transaction changing a crowd stack's file: make sure an atlas job will follow (the one
-    already waiting, or a new one). Returns its id (None when there is no owner to queue it for)."""
+    already waiting, or a new one). Returns its id (None when there is no owner to queue it for).
+    Every caller holds the ``groups`` lock (lib/groups.py), so two changes never both find none waiting."""
     from lib import queue
     waiting = tx["jobs"].find_one(kind="atlas", status="pending")
     if waiting is not None:
@@ -412,9 +413,8 @@ def read_state(archive) -> dict:
     return state
 
 
-def update(db, archive, workdir: Path, progress: Callable[[float, str], None] = lambda f, m: None,
-           full: bool = False) -> dict:
-    """Bring the atlas to the crowd stacks of now (see the module docstring); *full* redoes every tile.
+def update(db, archive, workdir: Path, progress: Callable[[float, str], None] = lambda f, m: None) -> dict:
+    """Bring the atlas to the crowd stacks of now (see the module docstring).
 
     Returns ``{"changed": [stack ids], "tiles": tiles written or removed at ORDER, "parents": at lower
     orders, "stacks": crowd stacks shown}``.
@@ -425,7 +425,7 @@ def update(db, archive, workdir: Path, progress: Callable[[float, str], None] = 
     current = crowd_stacks(db)
     release_db(db)
     changed = sorted(i for i in set(old) | set(current)
-                     if full or i not in old or i not in current or old[i]["sig"] != current[i]["sig"])
+                     if i not in old or i not in current or old[i]["sig"] != current[i]["sig"])
     candidates = {i: candidate_tiles(current[i]["footprint"]) for i in changed if i in current}
     dirty = set()
     for i in changed:

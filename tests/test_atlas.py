@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import urllib.parse
 
 import astropy.units as u
 import numpy as np
@@ -194,6 +195,15 @@ def test_the_atlas_page_draws_the_survey(site, page, artifacts):
         page.wait_for_timeout(500)
     assert centre.std() > 5, "the atlas view is blank"
     assert centre.max() > 150, "no bright galaxy core drawn"
+    # linked from the sky map and from the stack pages, which open the atlas on the stack
+    page.goto(f"{d.url}/map")
+    assert page.get_attribute("#atlas-link", "href") == "/atlas"
+    crowd = requests.get(f"{d.url}/api/v1/atlas/footprints").json()["stacks"][0]
+    page.goto(f"{d.url}/stacks/{crowd['id']}")
+    href = page.get_attribute("#atlas-link", "href")
+    assert href.startswith("/atlas?target=")
+    ra, dec = (float(v) for v in urllib.parse.unquote(href.split("=", 1)[1]).split())
+    assert abs(ra - M94[0]) < 1 and abs(dec - M94[1]) < 1          # the stack's pointing
     # the resolve route behind the search box
     assert requests.get(f"{d.url}/api/v1/resolve", params={"name": "ngc4736"}).json()["name"] == "M 94"
     assert requests.get(f"{d.url}/api/v1/resolve", params={"name": "not a thing"}).status_code == 404
@@ -229,6 +239,36 @@ def test_a_region_downloads_as_one_fits_mosaic_with_coverage(site, page):
     empty = requests.get(f"{d.url}/atlas/region.fits", params={"ra": 10, "dec": -40, "width": 1, "height": 1})
     assert empty.status_code == 404
 
+
+def test_an_update_that_dies_midway_is_redone_by_the_next(site, tmp_path):
+    """state.json is written last: an update killed after writing some tiles leaves the state as it was,
+    so the next update redoes the same tiles and ends where an uninterrupted one would."""
+    import lib.db
+    from lib.storage import open_storage
+    d, owner = site
+    archive = open_storage((d.data_dir / "archive").as_uri())
+    db = lib.db.connect(f"sqlite:///{d.data_dir / 'crowdsky.db'}")
+    try:
+        npix = tile_of(*M94)
+        before = b"".join(archive.iter_bytes(atlas.tile_key(atlas.ORDER, npix)))
+        state = b"".join(archive.iter_bytes(atlas.STATE_KEY))
+        archive.delete(atlas.tile_key(atlas.ORDER - 1, npix // 4))          # damage a parent...
+        with db as tx:                                                       # ...and change the crowd stack
+            tx.query("UPDATE stacks SET version = version + 1 WHERE kind = 'crowd'")
+
+        def dies(fraction, message):
+            if message == "parent tiles":
+                raise RuntimeError("killed")
+        with pytest.raises(RuntimeError):
+            atlas.update(db, archive, tmp_path, dies)
+        assert b"".join(archive.iter_bytes(atlas.STATE_KEY)) == state       # untouched: the change is still to do
+        done = atlas.update(db, archive, tmp_path)
+        assert len(done["changed"]) == 1 and done["tiles"] >= 27
+        assert b"".join(archive.iter_bytes(atlas.tile_key(atlas.ORDER, npix))) == before
+        assert archive.exists(atlas.tile_key(atlas.ORDER - 1, npix // 4))  # parents redone too
+        assert atlas.update(db, archive, tmp_path)["changed"] == []          # and then nothing is left to do
+    finally:
+        db.close()
 
 def test_unsharing_takes_the_owners_pixels_out_of_every_tile(site):
     d, owner = site
@@ -293,3 +333,4 @@ def test_atlas_updates_take_turns_and_a_dead_holders_lock_is_taken_over(db, monk
         atlas._take_lock(db, lambda: pytest.fail("waited for a dead holder"))
     finally:
         db2.close()
+
