@@ -111,6 +111,72 @@ def test_the_moc_merges_full_siblings_and_reads_back():
     assert uniq == sorted([4 * 4 ** 7 + 1000, 4 * 4 ** 8 + 8001])
 
 
+
+def synthetic_crowd_fits(path, ra: float, dec: float) -> list[list[float]]:
+    """A small crowd-stack-like FITS (600 × 800, 2.39″/px, north up) with a bright blob at its centre;
+    returns its footprint (four corners) as lib/stacks.py stores it."""
+    rng = np.random.default_rng(7)
+    h, w = 600, 800
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = 4000 * np.exp(-((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / (2 * 12.0 ** 2))
+    image = np.stack([blob + rng.normal(0, 10, (h, w)) for _ in range(3)]).astype(np.float32)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra, dec]
+    wcs.wcs.crpix = [(w + 1) / 2, (h + 1) / 2]
+    wcs.wcs.cdelt = [-2.39 / 3600, 2.39 / 3600]
+    header = fits.Header({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": ra, "CRVAL2": dec,   # a CD matrix,
+                          "CRPIX1": (w + 1) / 2, "CRPIX2": (h + 1) / 2, "CD1_1": -2.39 / 3600,       # as solve-field
+                          "CD1_2": 0.0, "CD2_1": 0.0, "CD2_2": 2.39 / 3600})                         # writes it
+    fits.HDUList([fits.PrimaryHDU(image, header=header),
+                  fits.ImageHDU(np.ones((h, w), np.float32), name="WEIGHT")]).writeto(path)
+    corners = wcs.pixel_to_world_values([-0.5, w - 0.5, w - 0.5, -0.5], [-0.5, -0.5, h - 0.5, h - 0.5])
+    return [[float(a), float(b)] for a, b in zip(*corners)]
+
+
+def test_tiles_follow_a_crowd_stack_on_every_storage(storage, tmp_path):
+    """Folder, S3 and WebDAV archives alike: a crowd stack's tiles appear; when its new version lies
+    elsewhere, the old place's tiles (every order) are removed and the new place's drawn; deleted, all go."""
+    import lib.db
+    db = lib.db.connect(f"sqlite:///{tmp_path / 'atlas.db'}")
+    try:
+        places = [(150.0, 20.0), (150.0, 21.0)]
+        footprints = [synthetic_crowd_fits(tmp_path / f"crowd{i}.fits", *p) for i, p in enumerate(places)]
+        for i in range(2):
+            with open(tmp_path / f"crowd{i}.fits", "rb") as f:
+                storage.put(f"stacks/crowd/{i}.fits", f)
+        with db as tx:
+            stack_id = tx["stacks"].insert({"kind": "crowd", "fits_key": "stacks/crowd/0.fits", "solved": True,
+                                            "footprint": json.dumps(footprints[0]), "exposure_s": 60.0, "version": 1})
+        first = atlas.update(db, storage, tmp_path)
+        assert first["changed"] == [stack_id] and 4 <= first["tiles"] <= 16     # a 0.5° × 0.4° field, 0.23° tiles
+        here, there = tile_of(*places[0]), tile_of(*places[1])
+        assert storage.exists(atlas.tile_key(atlas.ORDER, here))
+        assert storage.exists(atlas.tile_key(0, here >> 2 * atlas.ORDER))
+        assert not storage.exists(atlas.tile_key(atlas.ORDER, there))
+        assert atlas.update(db, storage, tmp_path)["changed"] == []           # nothing changed: nothing redone
+
+        with db as tx:                       # a new version, a degree north
+            tx["stacks"].update({"id": stack_id, "fits_key": "stacks/crowd/1.fits", "version": 2,
+                                 "footprint": json.dumps(footprints[1])}, ["id"])
+        moved = atlas.update(db, storage, tmp_path)
+        assert moved["changed"] == [stack_id] and moved["tiles"] >= first["tiles"]
+        assert not storage.exists(atlas.tile_key(atlas.ORDER, here))
+        assert not storage.exists(atlas.tile_key(atlas.ORDER - 3, here >> 6)) or (here >> 6) == (there >> 6)
+        tile = atlas.decode(b"".join(storage.iter_bytes(atlas.tile_key(atlas.ORDER, there))))
+        lum = tile[..., :3].astype(float).mean(axis=-1)
+        y, x = np.unravel_index(np.argmax(np.where(tile[..., 3] > 0, lum, 0)), lum.shape)
+        from astropy.coordinates import SkyCoord
+        assert atlas.tile_wcs(atlas.ORDER, there)[0].pixel_to_world(x, y).separation(
+            SkyCoord(*places[1], unit="deg")).arcsec < 10                      # the blob, where its WCS says
+
+        with db as tx:
+            tx["stacks"].delete(id=stack_id)
+        atlas.update(db, storage, tmp_path)
+        assert [k for k in storage.list(atlas.PREFIX) if k.endswith(".png")] == []
+    finally:
+        db.close()
+
 # --- the whole, on the real frames ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
