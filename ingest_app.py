@@ -498,7 +498,7 @@ def hips_crowd(path):
     return data
 
 
-_REGIONS = threading.BoundedSemaphore(1)      # one region mosaic at a time: each holds ~100 MB for a while
+_REGIONS = threading.BoundedSemaphore(1)      # one region mosaic at a time: the largest holds a few hundred MB for seconds
 
 
 def _float_param(name: str) -> float:
