@@ -249,7 +249,11 @@ def test_the_atlas_page_draws_the_survey(site, page, artifacts):
     page.goto(f"{d.url}/atlas?target=M%2094")
     page.wait_for_selector("#aladin[data-ready='1']", timeout=60_000)
     assert "M 94" in page.inner_text("#atlas-note")
-    page.wait_for_function("document.querySelector('#aladin').dataset.footprints === '1'", timeout=30_000)
+    for _ in range(60):           # (polled from here: the page's CSP forbids wait_for_function's eval)
+        if page.get_attribute("#aladin", "data-footprints") == "1":
+            break
+        page.wait_for_timeout(500)
+    assert page.get_attribute("#aladin", "data-footprints") == "1"
     box = page.query_selector("#aladin").bounding_box()
     for _ in range(60):             # Aladin Lite fetches and draws the tiles lazily: look until they are there
         page.screenshot(path=artifacts / "atlas.png")
@@ -261,6 +265,15 @@ def test_the_atlas_page_draws_the_survey(site, page, artifacts):
         page.wait_for_timeout(500)
     assert centre.std() > 5, "the atlas view is blank"
     assert centre.max() > 150, "no bright galaxy core drawn"
+    # an outline leads to its crowd stack: click the middle of one of its edges
+    crowd = requests.get(f"{d.url}/api/v1/atlas/footprints").json()["stacks"][0]
+    (ra1, dec1), (ra2, dec2) = crowd["footprint"][0], crowd["footprint"][1]
+    page.evaluate("window.crowdAtlas.setFoV(2.5)")
+    page.wait_for_timeout(500)
+    x, y = page.evaluate(f"window.crowdAtlas.world2pix({(ra1 + ra2) / 2}, {(dec1 + dec2) / 2})")
+    with page.expect_navigation(timeout=15_000):
+        page.mouse.click(box["x"] + x, box["y"] + y)
+    assert page.url.endswith(f"/stacks/{crowd['id']}")
     # linked from the sky map and from the stack pages, which open the atlas on the stack
     page.goto(f"{d.url}/map")
     assert page.get_attribute("#atlas-link", "href") == "/atlas"
