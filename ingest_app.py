@@ -6,12 +6,15 @@ Routes are thin: parse the request, call ``lib``, render a page or JSON. Run it 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import math
 import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import bottle
 
-from lib import accounts, config, gallery as gallery_lib, groups, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
+from lib import accounts, atlas, catalog, config, gallery as gallery_lib, groups, jobs, logs, metrics, queue, seestar_compat, skymap, stacks, uploads
 from lib import batches, pictures, serving, techcard, zipstream
 from lib.fitsheader import FrameError
 from lib.db import release
@@ -67,6 +70,8 @@ def finish_request():
     release(svc.db)
     for name, value in SECURITY_HEADERS.items():
         bottle.response.set_header(name, value)
+    if bottle.request.path == "/atlas":       # Aladin Lite: WebAssembly, and the styles it sets on its own elements
+        bottle.response.set_header("Content-Security-Policy", ATLAS_CSP)
     environ = bottle.request.environ
     request_id = environ.get("crowdsky.request_id", "-")
     bottle.response.set_header("X-Request-Id", request_id)
@@ -458,6 +463,97 @@ def sky_map_page():
     return page("map.tpl", title="Sky map", user=user_or_none())
 
 
+@app.get("/atlas")
+def atlas_page():
+    target = bottle.request.query.getunicode("target", "") or ""
+    return page("atlas.tpl", title="Crowd atlas", user=user_or_none(), target=target[:64])
+
+
+ATLAS_CSP = SECURITY_HEADERS["Content-Security-Policy"].replace(
+    "script-src 'self'", "script-src 'self' 'wasm-unsafe-eval'").replace(
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'").replace(
+    "connect-src 'self'", "connect-src 'self' data: blob:")      # its WebAssembly is a data: URL it fetches
+HIPS_TYPES = {".png": "image/png", ".fits": "application/fits", "properties": "text/plain; charset=utf-8"}
+
+
+@app.get("/hips/crowd/<path:path>")
+def hips_crowd(path):
+    """The crowd atlas (lib/atlas.py): public data, cached by browsers and proxies for a few minutes
+    and revalidated by ETag (a tile changes when a crowd stack over it does)."""
+    key = atlas.parse_path(path)
+    if key is None:
+        raise HTTPProblem(404, "not part of the atlas: Norder<k>/Dir<d>/Npix<n>.png, properties or Moc.fits")
+    try:
+        data = b"".join(svc.archive.iter_bytes(key))
+    except NotFound:
+        raise HTTPProblem(404, f"the atlas has no {path} (no shared data there yet)") from None
+    tag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    bottle.response.set_header("ETag", tag)
+    bottle.response.set_header("Cache-Control", "public, max-age=300")
+    bottle.response.set_header("Access-Control-Allow-Origin", "*")      # HiPS viewers elsewhere may read it
+    bottle.response.content_type = next(t for end, t in HIPS_TYPES.items() if path.endswith(end))
+    if tag in [t.strip() for t in bottle.request.headers.get("If-None-Match", "").split(",")]:
+        bottle.response.status = 304
+        return b""
+    return data
+
+
+_REGIONS = threading.BoundedSemaphore(1)      # one region mosaic at a time: the largest holds a few hundred MB for seconds
+
+
+def _float_param(name: str) -> float:
+    text = bottle.request.query.get(name, "")
+    try:
+        value = float(text)
+    except ValueError:
+        raise HTTPProblem(400, f"{name} must be a number of degrees (got {text[:32]!r})") from None
+    if not math.isfinite(value):
+        raise HTTPProblem(400, f"{name} must be a finite number of degrees")
+    return value
+
+
+@app.get("/atlas/region.fits")
+def atlas_region():
+    """A region of the crowd atlas as a FITS mosaic of the crowd data (lib/atlas.py region_fits)."""
+    ra, dec, width, height = (_float_param(n) for n in ("ra", "dec", "width", "height"))
+    try:
+        atlas.region_grid(ra, dec, width, height)
+    except atlas.RegionError as exc:
+        raise HTTPProblem(400, str(exc)) from None
+    if not _REGIONS.acquire(timeout=60):
+        raise HTTPProblem(503, "another region is being made; try again in a minute")
+    try:
+        with tempfile.TemporaryDirectory(prefix="crowdsky-region-") as work:
+            data = atlas.region_fits(svc.db, svc.archive, ra, dec, width, height, Path(work))
+    finally:
+        _REGIONS.release()
+    if data is None:
+        raise HTTPProblem(404, "no shared crowd data in this region")
+    bottle.response.content_type = "application/fits"
+    bottle.response.set_header("Content-Disposition",
+                               f'attachment; filename="crowdsky-atlas-{ra:.3f}{dec:+.3f}.fits"')
+    return data
+
+
+@app.get("/api/v1/resolve")
+def api_resolve():
+    name = bottle.request.query.getunicode("name", "") or ""
+    if not name.strip():
+        raise HTTPProblem(400, "give the object's name: ?name=M94")
+    if len(name) > 64:
+        raise HTTPProblem(400, "the name is longer than 64 characters")
+    found = catalog.resolve(name)
+    if found is None:
+        raise HTTPProblem(404, f"no object named {name[:64]!r} in the catalogue (OpenNGC: Messier, NGC, IC)")
+    return json_response(found)
+
+
+@app.get("/api/v1/atlas/footprints")
+def api_atlas_footprints():
+    """The crowd stacks in the atlas: id, object, frames, exposure and the four corners on the sky."""
+    return json_response({"stacks": atlas.footprints(svc.db)})
+
+
 def _visible_stack(user, stack_id) -> dict:
     stack = stacks.get_stack(svc.db, user["id"] if user else None, stack_id)
     if stack is None:
@@ -694,7 +790,7 @@ def require_worker() -> dict:
 def worker_claim():
     name = require_worker()["name"]
     worker = field(json_body(), "worker", str, required=False) or name
-    lease = queue.claim(svc.db, f"{name}/{worker}", svc.settings.lease_seconds)
+    lease = queue.claim(svc.db, f"{name}/{worker}", svc.settings.lease_seconds, direct=False)
     if lease is None:
         bottle.response.status = 204
         return ""

@@ -210,3 +210,17 @@ def filed_under(header_object: str | None, objects: list[dict], width: int, heig
         wrong = bool(key) or not (header_object or "").strip()
         return main["key"], main["name"] if wrong else header_object.strip()
     return key, (header_object or "").strip() or None
+
+
+def resolve(name: str | None) -> dict | None:
+    """Where an object is, from any of its names: ``{"name": "M 94", "key": "NGC4736", "ra": deg,
+    "dec": deg}`` (J2000), or None when the catalogue has no such object."""
+    key = canonical(name)
+    if key is None:
+        return None
+    cat = catalogue()
+    hits = np.flatnonzero(cat.key == key)
+    if not len(hits):
+        return None
+    i = int(hits[0])
+    return {"name": names(i)[0], "key": key, "ra": round(float(cat.ra[i]), 6), "dec": round(float(cat.dec[i]), 6)}

@@ -79,7 +79,7 @@ SCHEMA: dict[str, list[tuple[str, object]]] = {
         ("filter", _T.string(16)),        # FILTER header (Seestar: IRCUT, LP); NULL when absent
     ],
     "jobs": [
-        ("kind", _T.string(16)),          # a kind of lib/jobs.py KINDS: chunk, import, deep, crowd
+        ("kind", _T.string(16)),          # a kind of lib/jobs.py KINDS: chunk, import, deep, crowd, atlas
         ("chunk_id", _T.integer),         # chunk, import: the chunk stacked; deep, crowd: the chunk that caused it
         ("group_id", _T.integer),         # deep, crowd: the group brought up to date
         ("owner_id", _T.integer),
@@ -195,7 +195,7 @@ INDEXES: dict[str, list[tuple[str, ...]]] = {
     "contributions": [("group_id",), ("source_id",), ("owner_id",)],
 }
 
-LOCKS = ("groups",)
+LOCKS = ("groups", "atlas")    # atlas: one atlas update at a time (lib/atlas.py)
 
 # Ids shown to people or written into other rows are never reused: SQLite would otherwise hand the
 # highest freed rowid out again (PostgreSQL sequences and MariaDB's counter never go back).

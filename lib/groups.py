@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from astropy.io import fits
 
-from lib import chunks, queue, stacks
+from lib import atlas, chunks, queue, stacks
 from lib.db import now
 from lib.stacking.group_files import file_sources
 from lib.storage import delete_quietly
@@ -129,12 +129,15 @@ def remove_chunk_stack(tx, stack: dict, settings) -> list[str]:
     return stale
 
 
-def delete_group(tx, group_id: int) -> list[str]:
+def delete_group(tx, group_id: int, settings=None) -> list[str]:
     """Delete a group with its jobs (a stacker working on one finds out at its next heartbeat);
     its members stay, belonging to no group of this kind. Returns archive keys to delete."""
     group = tx["stacks"].find_one(id=group_id)
     if group is None:
         return []
+    if group["kind"] == CROWD and group["fits_key"]:       # it was in the atlas: the atlas follows
+        shown_by = tx["contributions"].find_one(group_id=group_id)
+        atlas.queue_update(tx, settings, shown_by["owner_id"] if shown_by else None)
     tx.query(f"UPDATE stacks SET {MEMBERSHIP[group['kind']]} = NULL WHERE {MEMBERSHIP[group['kind']]} = :g",
              g=group_id)
     tx["contributions"].delete(group_id=group_id)
@@ -150,7 +153,7 @@ def _after_removal(tx, group_id: int, removed: set[int], job_owner: int, setting
     if group is None:
         return []
     if not members(tx, group):
-        return delete_group(tx, group_id)
+        return delete_group(tx, group_id, settings)
     summed = {r["source_id"] for r in tx["contributions"].find(group_id=group_id)}
     if summed & removed:
         return rebuild(tx, group, job_owner, settings)
@@ -172,6 +175,8 @@ def rebuild(tx, group: dict, job_owner: int | None, settings) -> list[str]:
     if owner is None:      # a crowd stack nobody is changing (the janitor found its file gone)
         owner = remaining[0]["owner_id"]
     ensure_job(tx, group["kind"], group["id"], owner, settings)
+    if group["kind"] == CROWD and group["fits_key"]:      # hidden: the atlas drops it until rebuilt
+        atlas.queue_update(tx, settings, owner)
     return stale
 
 
@@ -292,6 +297,8 @@ def complete_group_job(db, archive, settings, lease, fits_path, preview_path) ->
         stale.extend(k for k in (group["fits_key"], group["preview_key"]) if k)
         if set(wanted) - set(summed) - {i for i, _ in refused}:
             ensure_job(tx, kind, group_id, lease.job["owner_id"], settings)     # members that came meanwhile
+        if kind == CROWD:
+            atlas.queue_update(tx, settings, lease.job["owner_id"])     # the atlas follows the crowd stack
         return group_id
 
     try:

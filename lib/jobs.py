@@ -83,6 +83,13 @@ def complete_chunk_job(svc, lease, fits_path, preview_path) -> int | None:
     return stack_id
 
 
+def complete_atlas_job(svc, lease) -> bool:
+    """Mark an atlas job done (its tiles are already in the archive); False when the lease had been lost."""
+    recorded = []
+    queue.complete(svc.db, lease, lambda tx: recorded.append(True))
+    return bool(recorded)
+
+
 def current_lease(db, job_id: int, token: str | None) -> queue.Lease:
     """The lease a remote stacker presents, if it is still the job's current one."""
     job = db["jobs"].find_one(id=job_id)
@@ -226,6 +233,7 @@ class Kind:
     owner_may_retry: bool = True
     owner_may_delete: bool = True
     instead: str = ""              # what the owner deletes instead, when the job is not theirs to delete
+    direct_only: bool = False      # needs the database and archive itself: never handed to remote stackers
 
 
 _DERIVED = ("delete the chunk stack (DELETE /api/v1/stacks/<id>) to take it out, or the deep stack itself; "
@@ -243,4 +251,13 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "the crowd stack's file and the chunk stacks it lacks, or all its chunk stacks (archive)",
          "the crowd stack's next file", "crowd stack", groups.inputs, _complete_group_job,
          owner_may_delete=False, instead=_DERIVED),
+    Kind("atlas", "a crowd stack's file changed (new version, hidden for a rebuild, deleted)",
+         "the crowd stacks overlapping the changed tiles (archive)",
+         "the changed HiPS tiles of the crowd atlas (archive, hips/crowd/)", "crowd atlas update",
+         lambda db, job: [], lambda svc, lease, fits_path, preview_path: complete_atlas_job(svc, lease),
+         owner_may_delete=False, direct_only=True,
+         instead="the atlas follows the crowd stacks; turn sharing off to take your data out of it"),
 )}
+
+# Kinds only a stacker next to the database and archive runs (lib/sql/claim_*.sql skips them for remote ones).
+DIRECT_ONLY = tuple(k.name for k in KINDS.values() if k.direct_only)

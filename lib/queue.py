@@ -90,8 +90,11 @@ def enqueue(db: dataset.Database, *, kind: str, chunk_id: int | None, owner_id: 
     return job_id
 
 
-def claim(db: dataset.Database, worker: str, lease_seconds: float) -> Lease | None:
+def claim(db: dataset.Database, worker: str, lease_seconds: float, *, direct: bool = True) -> Lease | None:
     """Take the pending job with the lowest rank whose back-off is over, or None if there is none.
+
+    A remote stacker (*direct* False) is never handed a kind that needs the database and archive
+    itself (lib/jobs.py ``DIRECT_ONLY``: the atlas update).
 
     The job becomes running, its attempt is counted, and the returned lease is valid for
     *lease_seconds* unless extended with `heartbeat`.
@@ -99,7 +102,7 @@ def claim(db: dataset.Database, worker: str, lease_seconds: float) -> Lease | No
     stacker_seen(db, worker)
     t = now()
     params = dict(now=t, token=secrets.token_hex(16), lease_expires=t + lease_seconds,
-                  worker=worker[:128])
+                  worker=worker[:128], direct=bool(direct))
     with _transaction(db):
         if _dialect(db) == "mysql":
             picked = _run(db, "claim", **params).first()      # locks the row till commit

@@ -74,6 +74,12 @@ class DirectSource:
     def complete(self, lease, fits_path: Path, preview_path: Path) -> int | None:
         return jobs.complete_job(self.svc, lease, fits_path, preview_path)
 
+    def run_direct(self, lease, workdir: Path, progress) -> bool:
+        """A kind that works on the database and archive itself (lib/jobs.py DIRECT_ONLY): run it and
+        mark it done; False when the lease had been lost."""
+        DIRECT_MAKERS[lease.job["kind"]](self.svc, lease, workdir, progress)
+        return jobs.KINDS[lease.job["kind"]].complete(self.svc, lease, None, None)
+
     def fail(self, lease, error: str, permanent: bool) -> str | None:
         return queue.fail(self.db, lease, error, self.settings.retry_backoff_seconds, permanent=permanent)
 
@@ -217,6 +223,11 @@ def _give_back(source, lease, why: Exception) -> None:
 
 
 def _process(source, lease, workdir: Path, beat: _Heartbeat) -> None:
+    if lease.job["kind"] in DIRECT_MAKERS:
+        if not source.run_direct(lease, workdir, beat.update):
+            raise LeaseLost(f"job {lease.job_id} was taken over before it completed")
+        log.info("job %s: done (%s)", lease.job_id, lease.job["kind"])
+        return
     inputs = source.inputs(lease)
     if not inputs:
         raise StackingError("the chunk has no frames left in the buffer")
@@ -274,6 +285,18 @@ def _update_group(paths, inputs, payload, kind, progress):
 # What each kind of job makes of its inputs: (paths, inputs, payload, kind, progress) -> a result
 # with write_fits(path) and write_preview(path).
 MAKERS = {"chunk": _stack_chunk, "import": _import_telescope_stack, "deep": _update_group, "crowd": _update_group}
+
+
+def _update_atlas(svc, lease, workdir, progress):
+    """An atlas job: the HiPS tiles of the crowd stacks that changed, and their parents (lib/atlas.py)."""
+    from lib import atlas
+    done = atlas.run_job(svc, lease, workdir, progress)
+    log.info("job %s: atlas: %s crowd stacks changed, %s tiles, %s parents", lease.job_id,
+             len(done["changed"]), done["tiles"], done["parents"])
+
+
+# Kinds that read and write the database and archive themselves: (svc, lease, workdir, progress) -> None.
+DIRECT_MAKERS = {"atlas": _update_atlas}
 
 
 def run_loop(source, worker: str, *, lease_seconds: float, poll_seconds: float,

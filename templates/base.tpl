@@ -19,6 +19,7 @@
     <a href="/targets" class="{{'here' if here.startswith('/targets') else ''}}">Targets</a>
     <a href="/stacks" class="{{'here' if here.startswith('/stacks') else ''}}">Stacks</a>
     <a href="/map" class="{{'here' if here == '/map' else ''}}">Sky map</a>
+    <a href="/atlas" class="{{'here' if here == '/atlas' else ''}}">Atlas</a>
     % if user:
     <a href="/upload" class="{{'here' if here == '/upload' else ''}}">Upload</a>
     <a href="/status" class="{{'here' if here == '/status' else ''}}">Status</a>

@@ -3,7 +3,8 @@
   <h1>Sky map</h1>
   <p class="hint">{{'Your stacks and those shared with everyone' if user else 'Stacks shared with everyone'}}, where the
      telescopes pointed (never where they stood). Drag a box to select stacks, scroll or pinch to zoom,
-     brush the timeline to pick a time window.</p>
+     brush the timeline to pick a time window. The shared data as one zoomable picture:
+     the <a href="/atlas" id="atlas-link">crowd atlas</a>.</p>
 </div>
 <div class="map-layout">
   <div class="map-main panel">

@@ -87,7 +87,11 @@
         <span class="hint">(sky σ, linear units)</span>
         % end
       </dd>
-      <dt>Pointing</dt><dd>RA {{g.ra_text(stack['ra'])}}<br>Dec {{g.dec_text(stack['dec'])}}</dd>
+      <dt>Pointing</dt><dd>RA {{g.ra_text(stack['ra'])}}<br>Dec {{g.dec_text(stack['dec'])}}
+        % if stack['ra'] is not None and stack['dec'] is not None:
+        <br><a id="atlas-link" href="/atlas?target={{quote('%.5f %+.5f' % (stack['ra'], stack['dec']))}}">See this sky in the crowd atlas</a>
+        % end
+      </dd>
       % if group:
       <dt>Telescopes</dt><dd>{{stack['telescope'] or '–'}}</dd>
       <dt>Cameras</dt><dd>{{stack.get('instrument') or '–'}}</dd>

@@ -138,6 +138,10 @@ def test_answers_fit_the_documented_schemas(deployment, document):
     check(http.get(f"{url}/api/v1/jobs/{job['id']}"), "/api/v1/jobs/{job_id}")
     check(http.post(f"{url}/api/v1/jobs/{job['id']}/retry"), "/api/v1/jobs/{job_id}/retry")          # 409: pending
     check(requests.get(url + "/api/v1/stacks/1"), "/api/v1/stacks/{stack_id}")                      # 404
+    check(requests.get(url + "/api/v1/resolve", params={"name": "M94"}), "/api/v1/resolve")
+    check(requests.get(url + "/api/v1/resolve", params={"name": "no such thing"}), "/api/v1/resolve")  # 404
+    check(requests.get(url + "/api/v1/resolve"), "/api/v1/resolve")                                   # 400
+    check(requests.get(url + "/api/v1/atlas/footprints"), "/api/v1/atlas/footprints")
     stacked = deployment.run("stacker.py", "--once")
     assert stacked.returncode == 0, stacked.stderr[-3000:]
     done = check(http.get(f"{url}/api/v1/jobs/{job['id']}"), "/api/v1/jobs/{job_id}").json()

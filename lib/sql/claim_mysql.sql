@@ -3,6 +3,7 @@
 -- so step 2 (claim_mysql_take.sql) updates a row nobody else can take.
 SELECT id FROM jobs
  WHERE status = 'pending' AND run_after <= :now
+   AND (:direct OR kind <> 'atlas')   -- lib/jobs.py DIRECT_ONLY: not for remote stackers
  ORDER BY fair_rank, id
  LIMIT 1
  FOR UPDATE SKIP LOCKED

@@ -13,6 +13,7 @@ UPDATE jobs
        message = NULL
  WHERE id = (SELECT id FROM jobs
               WHERE status = 'pending' AND run_after <= :now
+                AND (:direct OR kind <> 'atlas')   -- lib/jobs.py DIRECT_ONLY: not for remote stackers
               ORDER BY fair_rank, id
               LIMIT 1
               FOR UPDATE SKIP LOCKED)
