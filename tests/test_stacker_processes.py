@@ -160,7 +160,11 @@ def test_a_chunk_that_cannot_be_stacked_fails_clearly_and_can_be_retried_or_dele
 class _FlakyProxy(http.server.ThreadingHTTPServer):
     """A reverse proxy on loopback in front of the app that answers the first POST .../complete
     with 503 after reading its body (as a balancer does while the app restarts) and passes every
-    other request through. Keeps the body length of each /complete it sees."""
+    other request through, each input a remote stacker downloads after a pause (a slow link: the
+    download then lasts seconds whatever the machine's speed, so a person watching sees its
+    progress). Keeps the body length of each /complete it sees."""
+
+    INPUT_DELAY_S = 0.3
 
     daemon_threads = True
 
@@ -188,6 +192,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 self.wfile.write(b"{}")
                 return
+        if self.command == "GET" and "/inputs/" in self.path:
+            time.sleep(self.server.INPUT_DELAY_S)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
         answer = requests.request(self.command, self.server.upstream + self.path, data=body, headers=headers)
         self.send_response(answer.status_code)
