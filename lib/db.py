@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import random
 import threading
 import time
 from pathlib import Path
@@ -419,6 +420,35 @@ def release(db: dataset.Database) -> None:
         connection = db.connections.pop(threading.get_ident(), None)
     if connection is not None:
         connection.close()
+
+
+# MariaDB: 1213 deadlock (the transaction was rolled back); PostgreSQL: deadlock, serialization failure.
+_DEADLOCK_CODES = {1213}
+_DEADLOCK_SQLSTATES = {"40P01", "40001"}
+
+
+def chosen_as_deadlock_victim(exc: BaseException) -> bool:
+    """Whether the database rolled this statement's transaction back to break a deadlock: the whole
+    transaction may simply run again."""
+    orig = getattr(exc, "orig", None)
+    code = orig.args[0] if orig is not None and getattr(orig, "args", None) else None
+    return code in _DEADLOCK_CODES or getattr(orig, "sqlstate", None) in _DEADLOCK_SQLSTATES
+
+
+def retrying(transaction, attempts: int = 5):
+    """``transaction()`` (which opens and commits a transaction of its own), run again when the
+    database picked it as a deadlock's victim, after a short random pause; other errors pass.
+
+    Row locks taken in different orders by concurrent requests (InnoDB's next-key locks make that
+    hard to rule out) are the database's to resolve; the request that lost should not fail for it.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return transaction()
+        except sa.exc.DBAPIError as exc:
+            if attempt == attempts or not chosen_as_deadlock_victim(exc):
+                raise
+            time.sleep(random.uniform(0.01, 0.05) * attempt)
 
 
 def now() -> float:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from lib import chunks, queue
-from lib.db import now, release
+from lib.db import now, release, retrying
 from lib.storage import delete_quietly
 from lib.fitsheader import FrameError, FrameHeader, parse, parse_stack, plausible_time, read_header_bytes
 
@@ -129,6 +129,20 @@ def _quota_reserved(db, settings, owner_id: int, nbytes: int):
     # A fresh transaction: one left open by this request's earlier reads would, on MariaDB
     # (REPEATABLE READ), see the quota as it was then, not as the lock below leaves it.
     release(db)
+    used, reserved, reservation = retrying(lambda: _reserve(db, settings, owner_id, nbytes))
+    if reservation is None:
+        # Refused after the transaction ends, not inside it: a rollback makes ``dataset`` forget
+        # every table's reflected shape, which races with the other request threads.
+        raise UploadError(413, f"this upload would pass your storage quota ({used} of {settings.quota_bytes} "
+                               f"bytes used{f', {reserved} in uploads under way' if reserved else ''})")
+    try:
+        yield reservation
+    finally:
+        db["quota_reservations"].delete(id=reservation)   # a no-op once the frame's row took its place
+
+
+def _reserve(db, settings, owner_id: int, nbytes: int) -> tuple[int, int, int | None]:
+    """One transaction of _quota_reserved: (bytes used, bytes reserved, the new reservation's id or None)."""
     with db as tx:
         tx.query("UPDATE users SET share_with_crowd = share_with_crowd WHERE id = :owner", owner=owner_id)
         tx.query("DELETE FROM quota_reservations WHERE owner_id = :owner AND created_at < :stale",
@@ -143,15 +157,7 @@ def _quota_reserved(db, settings, owner_id: int, nbytes: int):
         reservation = None
         if used + reserved + nbytes <= settings.quota_bytes:
             reservation = tx["quota_reservations"].insert({"owner_id": owner_id, "size": nbytes, "created_at": now()})
-    if reservation is None:
-        # Refused after the transaction ends, not inside it: a rollback makes ``dataset`` forget
-        # every table's reflected shape, which races with the other request threads.
-        raise UploadError(413, f"this upload would pass your storage quota ({used} of {settings.quota_bytes} "
-                               f"bytes used{f', {reserved} in uploads under way' if reserved else ''})")
-    try:
-        yield reservation
-    finally:
-        db["quota_reservations"].delete(id=reservation)   # a no-op once the frame's row took its place
+    return used, reserved, reservation
 
 
 def _read_header(filename, body, content_length, parser):
@@ -195,7 +201,8 @@ def _record_frame(db, owner_id, session_id, filename, key, size, sha, header: Fr
     existing = db["frames"].find_one(owner_id=owner_id, sha256=sha)
     if existing is not None:
         return Ingested(frame_view(db, existing), created=False)
-    try:
+
+    def record() -> int:
         with db as tx:
             tx["quota_reservations"].delete(id=reservation)   # the frame's row counts from now on
             # Touching the session row first serialises chunk filing within one session on every
@@ -210,7 +217,7 @@ def _record_frame(db, owner_id, session_id, filename, key, size, sha, header: Fr
                 raise UploadError(409, f"upload session {session_id} was finalized while {filename} was "
                                        "uploading; it was not stored: upload it into a new session")
             chunk_id = _file_into_chunk(tx, owner_id, session_id, header)
-            frame_id = tx["frames"].insert({
+            return tx["frames"].insert({
                 "owner_id": owner_id, "session_id": session_id, "chunk_id": chunk_id,
                 "buffer_key": key, "sha256": sha, "filename": filename, "size": size,
                 "object": header.object, "telescope": header.telescope,
@@ -219,6 +226,9 @@ def _record_frame(db, owner_id, session_id, filename, key, size, sha, header: Fr
                 "bayerpat": header.bayerpat, "width": header.width, "height": header.height,
                 "status": "buffered", "created_at": now(), "filter": header.filter,
             })
+
+    try:
+        frame_id = retrying(record)
     except sa.exc.IntegrityError:
         # The same bytes arrived twice at once; the unique (owner, sha256) index let one win.
         existing = db["frames"].find_one(owner_id=owner_id, sha256=sha)

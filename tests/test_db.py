@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import sqlalchemy.exc
 
 import lib.db
@@ -65,3 +66,45 @@ def test_a_rollback_in_one_thread_does_not_break_queries_in_others(db):
     assert not any(t.is_alive() for t in threads)
     assert rollbacks[0] == THREADS * ROUNDS // 2      # the duplicate really was refused each time
     assert errors == [], f"{len(errors)} lookups failed, first: {errors[:3]}"
+
+
+def test_a_transaction_chosen_as_a_deadlocks_victim_runs_again(db, database_url):
+    """Two transactions lock two rows in opposite orders at the same moment: the database breaks
+    the deadlock by rolling one back. ``retrying`` runs that one again, so both changes land and
+    neither caller sees an error (on SQLite one writer waits for the other: no deadlock to break)."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite has one writer at a time: transactions wait, they never deadlock")
+    a = db["stackers"].insert({"name": "a", "last_seen": 0.0})
+    b = db["stackers"].insert({"name": "b", "last_seen": 0.0})
+    lib.db.release(db)
+    both_locked_one = threading.Barrier(2, timeout=30)
+    tries = {"forward": 0, "backward": 0}
+    errors: list[BaseException] = []
+
+    def bump(name: str, first: int, second: int) -> None:
+        def transaction() -> None:
+            tries[name] += 1
+            with db as tx:
+                tx.query("UPDATE stackers SET last_seen = last_seen + 1 WHERE id = :id", id=first)
+                if tries[name] == 1:       # only the first try meets the other half-way
+                    try:
+                        both_locked_one.wait()
+                    except threading.BrokenBarrierError:
+                        pass
+                tx.query("UPDATE stackers SET last_seen = last_seen + 1 WHERE id = :id", id=second)
+        try:
+            lib.db.retrying(transaction)
+        except BaseException as exc:     # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            lib.db.release(db)
+
+    threads = [threading.Thread(target=bump, args=("forward", a, b)),
+               threading.Thread(target=bump, args=("backward", b, a))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert sorted(tries.values()) == [1, 2], tries          # one of them was the victim, and ran again
+    assert [r["last_seen"] for r in db["stackers"].find(order_by="id")] == [2.0, 2.0]
