@@ -33,22 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from stack_vs_siril import REAL, SIRIL, Run, best_of, luminance, run_measured, sky_noise  # noqa: E402
+from stack_vs_siril import REAL, SIRIL, SIRIL_SCRIPT, Run, best_of, luminance, run_measured, sky_noise  # noqa: E402
 
 from lib.stacking.register import RegistrationError, find_registration  # noqa: E402
 from lib.stacking.solve import pixel_scale_arcsec  # noqa: E402
 from lib.stacking.stars import aperture_fluxes, detect_stars  # noqa: E402
-
-SIRIL_SCRIPT = """requires 1.0.0
-set32bits
-setext fits
-cd in
-convert light -debayer -out=../work
-cd ../work
-register light{drizzle}
-stack r_light rej 3 3 -norm=addscale -out=../result
-close
-"""
 
 
 def run_crowdsky(frames: list[Path], out: Path, drizzle: int, repeat: int) -> tuple[Run, Path]:

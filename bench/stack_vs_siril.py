@@ -49,7 +49,7 @@ setext fits
 cd in
 convert light -debayer -out=../work
 cd ../work
-register light
+register light{drizzle}
 stack r_light rej 3 3 -norm=addscale -out=../result
 close
 """
@@ -167,7 +167,7 @@ def run_siril(frames: list[Path], out: Path, repeat: int) -> tuple[Run, Path, in
         (work / "in").mkdir()
         for k, frame in enumerate(frames):  # Siril wants plain names; a link per frame, no copies
             (work / "in" / f"light_{k:04d}.fit").symlink_to(frame.resolve())
-        (work / "script.ssf").write_text(SIRIL_SCRIPT)
+        (work / "script.ssf").write_text(SIRIL_SCRIPT.format(drizzle=""))
         runs.append(run_measured([SIRIL, "-s", "script.ssf"], cwd=work))
         if runs[-1].returncode == 0 and len(runs) < repeat:
             shutil.rmtree(work)

@@ -219,10 +219,6 @@ def objects(db, viewer_id: int | None) -> list[str]:
     return [r["object"] for r in rows]
 
 
-def frame_verdicts(db, stack_id: int) -> list[dict]:
-    return [dict(r) for r in db["stack_frames"].find(stack_id=stack_id, order_by="id")]
-
-
 def api_view(stack: dict, base_url: str = "") -> dict:
     return {
         "id": stack["id"], "kind": stack["kind"], "object": stack["object"], "chunk_key": stack["chunk_key"],
